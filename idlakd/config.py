@@ -1,0 +1,231 @@
+"""Settings as data: one table of (name, default, help), read from INI, env and flags."""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any, Final, Mapping
+
+SECTION: Final = "idlakd"
+ENV_PREFIX: Final = "IDLAKD_"
+
+
+class ConfigError(Exception):
+    """A setting has a value the daemon cannot use; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One configuration key: its name, type, default (as INI text) and help."""
+
+    name: str
+    kind: str  # str | int | float | bool | path | choice:<a|b>
+    default: str
+    help: str
+
+
+SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting("host", "str", "127.0.0.1", "Address to listen on (0.0.0.0 for all interfaces)."),
+    Setting("port", "int", "8080", "TCP port to listen on."),
+    Setting("state_dir", "path", "",
+            "Directory for database, secret and cache. Empty: $STATE_DIRECTORY "
+            "(set by systemd) or ~/.local/state/idlakd."),
+    Setting("database", "path", "", "SQLite database file. Empty: <state_dir>/idlakd.db."),
+    Setting("secret_file", "path", "",
+            "File holding the JWT signing secret, created 0600 on first start. "
+            "Empty: <state_dir>/secret.key."),
+    Setting("token_expiration_minutes", "int", "30", "Lifetime of an access token in minutes."),
+    Setting("authorization", "bool", "true",
+            "Require access tokens. 'false' opens every route to anyone (a loud warning is logged)."),
+    Setting("log_level", "choice:DEBUG|INFO|WARNING|ERROR", "INFO", "Logging level."),
+    Setting("log_file", "path", "",
+            "Write logs to this file (rotated). Empty: stderr (journald under systemd)."),
+    Setting("voice_config", "path", "",
+            "JSON voice list loaded at every start. Empty: ./voiceconfig.json if present, "
+            "else the one installed with idlakd."),
+    Setting("max_body_bytes", "int", "1048576", "Largest accepted request body in bytes (413 above)."),
+    Setting("max_text_length", "int", "20000", "Largest text accepted by /speech, in characters (413 above)."),
+    Setting("login_max_failures", "int", "10",
+            "Failed logins allowed per uid within login_window_seconds before 429."),
+    Setting("login_max_failures_per_address", "int", "100",
+            "Failed logins allowed per client address within login_window_seconds before 429."),
+    Setting("login_window_seconds", "int", "300", "Window over which failed logins are counted."),
+    Setting("workers_per_voice", "int", "2", "Most synthesis worker processes per voice."),
+    Setting("max_concurrent_syntheses", "int", "4", "Most chunks synthesised at once, over all voices."),
+    Setting("max_queue", "int", "64", "Most requests waiting for synthesis before 503."),
+    Setting("worker_idle_seconds", "int", "600", "An idle worker is stopped after this many seconds."),
+    Setting("synthesis_timeout_seconds", "float", "60",
+            "A worker silent this long on one chunk is killed and the request fails."),
+    Setting("ffmpeg", "path", "",
+            "ffmpeg binary for ogg/mp3. Empty: the one from the imageio-ffmpeg wheel."),
+    Setting("idlak_root", "path", "",
+            "Idlak checkout (its src/ holds pyIdlak) for voices with engine 'tangle'."),
+    Setting("voice_roots", "str", "",
+            "Colon-separated directories that voice directories must lie under. "
+            "Empty: any directory."),
+    Setting("cache_max_bytes", "int", "0",
+            "Size bound of the on-disk audio cache in <state_dir>/cache; 0 disables it."),
+    Setting("shutdown_grace_seconds", "float", "30",
+            "On SIGTERM, how long running requests may finish before workers stop."),
+    Setting("metrics_local_only", "bool", "true", "Serve /metrics to loopback addresses only."),
+    Setting("cookie_secure", "bool", "false",
+            "Mark the admin session cookie Secure even when the request came over plain HTTP."),
+)
+
+_BOOL_WORDS: Final = {
+    "1": True, "true": True, "yes": True, "on": True,
+    "0": False, "false": False, "no": False, "off": False,
+}
+
+
+def _parse(setting: Setting, raw: str) -> Any:
+    """Turn the text of a setting into its typed value, or raise ConfigError."""
+    text = raw.strip()
+    kind = setting.kind
+    try:
+        if kind == "int":
+            value = int(text)
+            if value < 0:
+                raise ValueError
+            return value
+        if kind == "float":
+            number = float(text)
+            if not number >= 0 or number == float("inf"):
+                raise ValueError
+            return number
+        if kind == "bool":
+            return _BOOL_WORDS[text.lower()]
+    except (ValueError, KeyError):
+        expected = {"int": "a whole number >= 0", "float": "a number >= 0",
+                    "bool": "true or false"}[kind]
+        raise ConfigError(f"setting '{setting.name}': {raw!r} is not {expected}") from None
+    if kind.startswith("choice:"):
+        choices = kind.split(":", 1)[1].split("|")
+        if text.upper() not in choices:
+            raise ConfigError(
+                f"setting '{setting.name}': {raw!r} is not one of {'|'.join(choices)}")
+        return text.upper()
+    if kind == "path":
+        return Path(os.path.expanduser(text)) if text else None
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The daemon's settings, typed; built only by load_config()."""
+
+    host: str
+    port: int
+    state_dir: Path
+    database: Path
+    secret_file: Path
+    token_expiration_minutes: int
+    authorization: bool
+    log_level: str
+    log_file: Path | None
+    voice_config: Path | None
+    max_body_bytes: int
+    max_text_length: int
+    login_max_failures: int
+    login_max_failures_per_address: int
+    login_window_seconds: int
+    workers_per_voice: int
+    max_concurrent_syntheses: int
+    max_queue: int
+    worker_idle_seconds: int
+    synthesis_timeout_seconds: float
+    ffmpeg: Path | None
+    idlak_root: Path | None
+    voice_roots: str
+    cache_max_bytes: int
+    shutdown_grace_seconds: float
+    metrics_local_only: bool
+    cookie_secure: bool
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where cached audio lives."""
+        return self.state_dir / "cache"
+
+    @property
+    def voice_root_paths(self) -> list[Path]:
+        """The directories voice directories must lie under (empty list: anywhere)."""
+        return [Path(p).resolve() for p in self.voice_roots.split(":") if p.strip()]
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with some settings changed (used by tests and the CLI)."""
+        return dataclasses.replace(self, **changes)
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    """$STATE_DIRECTORY from systemd (first entry), else ~/.local/state/idlakd."""
+    systemd_dirs = env.get("STATE_DIRECTORY", "")
+    if systemd_dirs:
+        return Path(systemd_dirs.split(":")[0])
+    return Path(os.path.expanduser("~/.local/state/idlakd"))
+
+
+def default_voice_config() -> Path | None:
+    """./voiceconfig.json, else the copy installed under <prefix>/share/idlakd, else the source tree's."""
+    candidates = [
+        Path.cwd() / "voiceconfig.json",
+        Path(sys.prefix) / "share" / "idlakd" / "voiceconfig.json",
+        Path(__file__).resolve().parent.parent / "voiceconfig.json",
+    ]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the Config: defaults < INI file < IDLAKD_* environment < explicit overrides."""
+    env = os.environ if env is None else env
+    raw: dict[str, str] = {s.name: s.default for s in SETTINGS}
+    known = set(raw)
+    if path is None and env.get(ENV_PREFIX + "CONFIG"):
+        path = Path(env[ENV_PREFIX + "CONFIG"])
+    if path is not None:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                parser.read_file(fh)
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: not a valid INI file ({exc})") from None
+        if parser.has_section(SECTION):
+            for key, value in parser.items(SECTION):
+                if key not in known:
+                    raise ConfigError(f"config file {path}: unknown setting '{key}'")
+                raw[key] = value
+    for name in known:
+        env_value = env.get(ENV_PREFIX + name.upper())
+        if env_value is not None:
+            raw[name] = env_value
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown setting '{key}'")
+        raw[key] = value
+
+    values: dict[str, Any] = {s.name: _parse(s, raw[s.name]) for s in SETTINGS}
+    if not 0 < values["port"] < 65536:
+        raise ConfigError(f"setting 'port': {raw['port']!r} is not a TCP port (1-65535)")
+    for name in ("token_expiration_minutes", "workers_per_voice", "max_concurrent_syntheses",
+                 "max_body_bytes", "max_text_length", "login_max_failures",
+                 "login_max_failures_per_address", "login_window_seconds"):
+        if values[name] < 1:
+            raise ConfigError(f"setting '{name}': {raw[name]!r} must be at least 1")
+    if values["synthesis_timeout_seconds"] <= 0:
+        raise ConfigError("setting 'synthesis_timeout_seconds': must be more than 0")
+    state_dir = values["state_dir"] or default_state_dir(env)
+    values["state_dir"] = state_dir
+    values["database"] = values["database"] or state_dir / "idlakd.db"
+    values["secret_file"] = values["secret_file"] or state_dir / "secret.key"
+    values["voice_config"] = values["voice_config"] or default_voice_config()
+    return Config(**values)
+
