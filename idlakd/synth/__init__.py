@@ -1,0 +1,1 @@
+"""Speech synthesis: worker subprocesses, their pipe protocol, engines, and the daemon-side pool."""

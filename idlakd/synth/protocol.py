@@ -1,0 +1,174 @@
+"""Pipe framing between the daemon and a synthesis worker (Wyoming style).
+
+Every frame is one JSON header line followed by a raw payload::
+
+    {"type": "audio", "id": 7, "payload_length": 4096}\\n
+    <exactly 4096 raw bytes>
+
+- The header is a JSON object on one line, UTF-8, terminated by ``\\n``, at most
+  ``MAX_HEADER_BYTES`` (64 KiB) including the newline. It holds at least
+  ``"type"`` (a string) and ``"payload_length"`` (an int >= 0); other keys are
+  message fields.
+- Then exactly ``payload_length`` bytes follow (``0`` means no payload). Audio
+  is never base64-encoded and nothing is ever "read until EOF".
+- A malformed frame (bad JSON, missing or negative length, oversize header or
+  payload, EOF in the middle of a frame) raises ``ProtocolError``. Only EOF
+  exactly *between* frames is a clean end (``None``); garbage is never EOF.
+
+Messages, parent -> worker (worker stdin):
+
+- ``synthesize``: fields ``id`` (int), optional ``markup`` (bool, default
+  false); payload = the text, UTF-8.
+- Closing the worker's stdin asks it to shut down.
+
+Messages, worker -> parent (worker's protocol fd, its original stdout):
+
+- ``ready`` once, after the engine loaded: fields ``sample_rate`` (int),
+  ``engine`` (str).
+- Per request, in order: ``start`` (``id``, ``sample_rate``), zero or more
+  ``audio`` (``id``; payload = mono signed 16-bit little-endian PCM, at most
+  ``MAX_AUDIO_PAYLOAD`` bytes per frame, sent as soon as the engine yields it),
+  then exactly one of ``end`` (``id``, ``samples``: total sample count) or
+  ``error`` (``id``, ``message``). After ``error`` the worker keeps serving.
+- A fatal start-up failure (engine cannot load): ``error`` with
+  ``fatal: true`` and ``id: null``, then exit code ``EXIT_FATAL`` (3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from typing import Any, BinaryIO, Final
+
+MAX_HEADER_BYTES: Final = 64 * 1024
+# Audio frames stay small so the daemon can forward PCM promptly and no frame
+# ever needs a big buffer.
+MAX_AUDIO_PAYLOAD: Final = 64 * 1024
+# A sanity bound for any payload, so a corrupt length cannot make a reader
+# allocate gigabytes; synthesis texts and audio frames are far below it.
+MAX_PAYLOAD_BYTES: Final = 16 * 1024 * 1024
+EXIT_FATAL: Final = 3
+
+# Message types.
+SYNTHESIZE: Final = "synthesize"
+READY: Final = "ready"
+START: Final = "start"
+AUDIO: Final = "audio"
+END: Final = "end"
+ERROR: Final = "error"
+
+
+class ProtocolError(Exception):
+    """The peer sent a malformed frame (never a clean EOF)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    """One decoded frame: its type, full header (incl. type/payload_length) and payload."""
+
+    type: str
+    header: dict[str, Any]
+    payload: bytes
+
+
+def encode_frame(type: str, payload: bytes = b"", **fields: Any) -> bytes:
+    """Serialise one frame: a JSON header line plus the raw payload."""
+    if "type" in fields or "payload_length" in fields:
+        raise ValueError("'type' and 'payload_length' are set by encode_frame")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    header = {"type": type, **fields, "payload_length": len(payload)}
+    # ensure_ascii keeps the line pure ASCII; json.dumps never emits a raw newline.
+    line = json.dumps(header, separators=(",", ":")).encode("ascii") + b"\n"
+    if len(line) > MAX_HEADER_BYTES:
+        raise ValueError(f"frame header of {len(line)} bytes exceeds {MAX_HEADER_BYTES}")
+    return line + bytes(payload)
+
+
+def _parse_header(line: bytes) -> tuple[str, dict[str, Any], int]:
+    """Decode and check a header line (with or without its newline)."""
+    try:
+        header = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"frame header is not JSON: {line[:80]!r}") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError(f"frame header is not a JSON object: {line[:80]!r}")
+    kind = header.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise ProtocolError(f"frame header has no 'type': {line[:80]!r}")
+    length = header.get("payload_length")
+    # bool is an int subclass; true/false is not a length.
+    if not isinstance(length, int) or isinstance(length, bool):
+        raise ProtocolError(f"frame header has no integer 'payload_length': {line[:80]!r}")
+    if length < 0:
+        raise ProtocolError(f"negative payload_length {length}")
+    if length > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(f"payload_length {length} exceeds {MAX_PAYLOAD_BYTES}")
+    return kind, header, length
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> Frame | None:
+    """Read one frame without a deadline."""
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise ProtocolError(
+            f"EOF inside a frame header after {len(exc.partial)} bytes") from None
+    except asyncio.LimitOverrunError as exc:
+        # The reader's buffer limit is the effective header bound here.
+        raise ProtocolError(f"frame header longer than the stream limit ({exc.consumed}+ bytes)") from None
+    if len(line) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"frame header of {len(line)} bytes exceeds {MAX_HEADER_BYTES}")
+    kind, header, length = _parse_header(line)
+    try:
+        payload = await reader.readexactly(length) if length else b""
+    except asyncio.IncompleteReadError as exc:
+        raise ProtocolError(
+            f"EOF inside a {kind!r} payload: {len(exc.partial)} of {length} bytes") from None
+    return Frame(kind, header, payload)
+
+
+async def read_frame(reader: asyncio.StreamReader, timeout: float | None) -> Frame | None:
+    """Read one frame; None on clean EOF between frames; TimeoutError if it takes longer than timeout."""
+    if timeout is None:
+        return await _read_frame(reader)
+    async with asyncio.timeout(timeout):
+        return await _read_frame(reader)
+
+
+def _read_exactly_sync(stream: BinaryIO, count: int) -> bytes:
+    """Read exactly count bytes, looping over short reads; shorter only at EOF."""
+    parts: list[bytes] = []
+    remaining = count
+    while remaining:
+        chunk = stream.read(remaining)
+        if not chunk:
+            break
+        parts.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(parts)
+
+
+def read_frame_sync(stream: BinaryIO) -> Frame | None:
+    """Blocking read of one frame from a binary stream; None on clean EOF between frames."""
+    line = stream.readline(MAX_HEADER_BYTES + 1)
+    if not line:
+        return None
+    if not line.endswith(b"\n"):
+        if len(line) > MAX_HEADER_BYTES:
+            raise ProtocolError(f"frame header exceeds {MAX_HEADER_BYTES} bytes")
+        raise ProtocolError(f"EOF inside a frame header after {len(line)} bytes")
+    kind, header, length = _parse_header(line)
+    payload = _read_exactly_sync(stream, length) if length else b""
+    if len(payload) != length:
+        raise ProtocolError(f"EOF inside a {kind!r} payload: {len(payload)} of {length} bytes")
+    return Frame(kind, header, payload)
+
+
+def write_frame_sync(stream: BinaryIO, type: str, payload: bytes = b"", **fields: Any) -> None:
+    """Write one frame and flush it, so the parent sees it at once."""
+    stream.write(encode_frame(type, payload, **fields))
+    stream.flush()
