@@ -48,6 +48,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "else the one installed with idlakd."),
     Setting("max_body_bytes", "int", "1048576", "Largest accepted request body in bytes (413 above)."),
     Setting("max_text_length", "int", "20000", "Largest text accepted by /speech, in characters (413 above)."),
+    Setting("bcrypt_rounds", "int", "12", "bcrypt cost factor for stored passwords (4-31)."),
     Setting("login_max_failures", "int", "10",
             "Failed logins allowed per uid within login_window_seconds before 429."),
     Setting("login_max_failures_per_address", "int", "100",
@@ -129,6 +130,7 @@ class Config:
     voice_config: Path | None
     max_body_bytes: int
     max_text_length: int
+    bcrypt_rounds: int
     login_max_failures: int
     login_max_failures_per_address: int
     login_window_seconds: int
@@ -220,6 +222,8 @@ def load_config(
                  "login_max_failures_per_address", "login_window_seconds"):
         if values[name] < 1:
             raise ConfigError(f"setting '{name}': {raw[name]!r} must be at least 1")
+    if not 4 <= values["bcrypt_rounds"] <= 31:
+        raise ConfigError(f"setting 'bcrypt_rounds': {raw['bcrypt_rounds']!r} must be 4 to 31")
     if values["synthesis_timeout_seconds"] <= 0:
         raise ConfigError("setting 'synthesis_timeout_seconds': must be more than 0")
     state_dir = values["state_dir"] or default_state_dir(env)

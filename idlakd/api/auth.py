@@ -1,0 +1,64 @@
+"""/auth: log in for a token, revoke it, change one's own password."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from idlakd.auth import LOGIN_INCORRECT, issue_token, require_user, token_lifetime_seconds
+from idlakd.errors import Unauthorized, Unprocessable
+from idlakd.http import json_response
+from idlakd.keys import passwords_key, secret_key, store_key, throttle_key, user_id_key
+from idlakd.validation import Fields, json_object
+
+MIN_PASSWORD_LENGTH = 8
+
+
+async def login(request: web.Request) -> web.Response:
+    """POST /auth {uid, password} -> {access_token}; throttled after repeated failures."""
+    fields = Fields(await json_object(request))
+    uid = fields.string("uid", required=True)
+    password = fields.string("password", required=True)
+    fields.check()
+    assert uid is not None and password is not None
+    address = request.remote or "unknown"
+    throttle = request.app[throttle_key]
+    throttle.check(uid, address)
+    store = request.app[store_key]
+    stored_hash = await store.get_password_hash(uid)
+    if not await request.app[passwords_key].check(password, stored_hash):
+        throttle.failed(uid, address)
+        raise Unauthorized(LOGIN_INCORRECT)
+    throttle.succeeded(uid)
+    request[user_id_key] = uid
+    token = issue_token(request.app[secret_key], uid, token_lifetime_seconds(request))
+    return json_response({"access_token": token})
+
+
+async def expire(request: web.Request) -> web.Response:
+    """POST /auth/expire: revoke the presented token until its own expiry."""
+    _, claims = await require_user(request)
+    if claims is not None:
+        await request.app[store_key].revoke_token(claims.jti, claims.exp)
+    return json_response({"message": "The token has been manually expired."})
+
+
+async def change_password(request: web.Request) -> web.Response:
+    """POST /auth/password {old_password, new_password}: change one's own password."""
+    user, _ = await require_user(request)
+    fields = Fields(await json_object(request))
+    old = fields.string("old_password", required=True)
+    new = fields.string("new_password", required=True)
+    if new is not None and len(new) < MIN_PASSWORD_LENGTH:
+        fields.error("new_password", f"Shorter than minimum length {MIN_PASSWORD_LENGTH}.")
+    fields.check()
+    assert old is not None and new is not None
+    store = request.app[store_key]
+    passwords = request.app[passwords_key]
+    address = request.remote or "unknown"
+    throttle = request.app[throttle_key]
+    throttle.check(user.uid, address)
+    if not await passwords.check(old, await store.get_password_hash(user.uid)):
+        throttle.failed(user.uid, address)
+        raise Unprocessable("old_password: Password is incorrect.")
+    await store.set_password_hash(user.uid, await passwords.hash(new))
+    return json_response({"message": "Password has been changed."})

@@ -1,0 +1,98 @@
+"""create_app: wiring of middlewares, routes and resources (opened in cleanup_ctx, in order)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from idlakd.auth import Passwords, auth_middleware, generate_password, load_or_create_secret
+from idlakd.config import Config
+from idlakd.http import add_request_id_header, error_middleware
+from idlakd.keys import (config_key, passwords_key, runtime_key, secret_key, store_key,
+                         synth_key, throttle_key)
+from idlakd.routes import setup_routes
+from idlakd.runtime import Runtime
+from idlakd.store import Store
+from idlakd.synth.service import SynthService
+from idlakd.throttle import LoginThrottle
+from idlakd.voicedefs import load_voice_config
+
+log = logging.getLogger(__name__)
+
+FIRST_ADMIN_UID = "admin"
+
+
+async def ensure_first_admin(store: Store, passwords: Passwords) -> str | None:
+    """On an empty database create 'admin' with a random password; return it (else None)."""
+    if await store.count_users() > 0:
+        return None
+    password = generate_password()
+    if not await store.add_user(FIRST_ADMIN_UID, await passwords.hash(password), admin=True):
+        return None  # another process (the CLI) created it first
+    return password
+
+
+async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the database and secret, create the first admin, load voiceconfig.json."""
+    config = app[config_key]
+    app[secret_key] = await asyncio.to_thread(load_or_create_secret, config.secret_file)
+    store = Store(config.database)
+    await store.open()
+    app[store_key] = store
+    try:
+        password = await ensure_first_admin(store, app[passwords_key])
+        if password is not None:
+            # Printed once to the console, deliberately not through logging (never in a log file).
+            print(f"<User {FIRST_ADMIN_UID}:{password}:True>", flush=True)
+        if config.voice_config is not None:
+            voices = await asyncio.to_thread(load_voice_config, config.voice_config, config)
+            changed = await store.upsert_voices(voices)
+            log.info("Loaded %d voices from %s (%d new or changed)",
+                     len(voices), config.voice_config, changed)
+        else:
+            log.warning("No voiceconfig.json found; serving only voices already in the database")
+        yield
+    finally:
+        await store.close()
+
+
+async def synth_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Start the synthesis service after storage; stop every worker before storage closes."""
+    service = app[synth_key]
+    await service.start()
+    try:
+        yield
+    finally:
+        await service.close()
+
+
+async def mark_stopping(app: web.Application) -> None:
+    """on_shutdown: new /speech requests get 503 while running streams finish."""
+    app[runtime_key].stopping = True
+
+
+def create_app(config: Config) -> web.Application:
+    """Build the application; no I/O happens until the app starts."""
+    if not config.authorization:
+        log.warning("AUTHORIZATION IS OFF: every route, admin routes included, is open to "
+                    "anyone who can reach %s:%d", config.host, config.port)
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware],
+        client_max_size=config.max_body_bytes,
+    )
+    app[config_key] = config
+    app[runtime_key] = Runtime()
+    app[passwords_key] = Passwords(config.bcrypt_rounds)
+    app[throttle_key] = LoginThrottle(config.login_max_failures,
+                                      config.login_max_failures_per_address,
+                                      config.login_window_seconds)
+    app[synth_key] = SynthService(config)
+    setup_routes(app)
+    app.on_response_prepare.append(add_request_id_header)
+    app.on_shutdown.append(mark_stopping)
+    app.cleanup_ctx.append(storage_ctx)
+    app.cleanup_ctx.append(synth_ctx)
+    return app

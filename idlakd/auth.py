@@ -1,0 +1,193 @@
+"""Passwords (bcrypt, off the loop), JWT access tokens, the secret file, and route guards."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import hashlib
+import logging
+import os
+import secrets
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Final
+
+import bcrypt
+import jwt
+from aiohttp import web
+
+from idlakd.errors import Unauthorized
+from idlakd.keys import config_key, secret_key, store_key, token_key, user_id_key
+from idlakd.models import User
+
+log = logging.getLogger(__name__)
+
+ALGORITHM: Final = "HS256"
+BCRYPT_ROUNDS: Final = 12
+SECRET_BYTES: Final = 64
+
+MISSING_HEADER: Final = "Missing Authorization Header"
+INVALID_TOKEN: Final = "Access token is invalid"
+EXPIRED_TOKEN: Final = "Access token has expired"
+NO_SUCH_USER: Final = "The user with such access token does not exist"
+ADMIN_REQUIRED: Final = "Admin permissions required"
+LOGIN_INCORRECT: Final = "Login details are incorrect"
+
+
+def generate_password() -> str:
+    """A fresh random password: 128 bits, URL-safe text."""
+    return secrets.token_urlsafe(16)
+
+
+def _prehash(password: str) -> bytes:
+    """SHA-256 then base64, so any length works (bcrypt reads at most 72 bytes, none NUL)."""
+    return base64.b64encode(hashlib.sha256(password.encode("utf-8", "surrogatepass")).digest())
+
+
+def hash_password_sync(password: str, rounds: int = BCRYPT_ROUNDS) -> bytes:
+    """bcrypt hash of a password (blocking: call through hash_password on the loop)."""
+    return bcrypt.hashpw(_prehash(password), bcrypt.gensalt(rounds))
+
+
+def check_password_sync(password: str, password_hash: bytes) -> bool:
+    """True when the password matches the hash (blocking)."""
+    try:
+        return bcrypt.checkpw(_prehash(password), password_hash)
+    except ValueError:  # a corrupt stored hash is a failed login, not a crash
+        return False
+
+
+class Passwords:
+    """bcrypt in the default thread executor, with a dummy hash for unknown users."""
+
+    def __init__(self, rounds: int = BCRYPT_ROUNDS) -> None:
+        self.rounds = rounds
+        self._dummy: bytes | None = None
+
+    async def hash(self, password: str) -> bytes:
+        """Hash a password off the event loop."""
+        return await asyncio.to_thread(hash_password_sync, password, self.rounds)
+
+    async def check(self, password: str, password_hash: bytes | None) -> bool:
+        """Check a password off the loop; an unknown user costs the same as a wrong password."""
+        if password_hash is None:
+            if self._dummy is None:
+                self._dummy = await self.hash(secrets.token_urlsafe(16))
+            await asyncio.to_thread(check_password_sync, password, self._dummy)
+            return False
+        return await asyncio.to_thread(check_password_sync, password, password_hash)
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """Read the signing secret, creating it (mode 0600, never regenerated) on first start."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_bytes().strip()
+        if len(secret) < 32:
+            raise ValueError(f"secret file {path} is too short; delete it to create a new one")
+        if path.stat().st_mode & 0o077:
+            log.warning("Secret file %s is readable by others; chmod 600 it", path)
+        return secret
+    secret = secrets.token_urlsafe(SECRET_BYTES).encode()
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secret + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.info("Created a new token signing secret in %s", path)
+    return secret
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenClaims:
+    """The claims idlakd reads from a verified access token."""
+
+    sub: str
+    jti: str
+    exp: float
+
+
+def issue_token(secret: bytes, uid: str, lifetime_seconds: int) -> str:
+    """A signed HS256 access token for uid with iat, nbf, exp and a unique jti."""
+    now = int(time.time())
+    payload = {"sub": uid, "iat": now, "nbf": now, "exp": now + lifetime_seconds,
+               "jti": uuid.uuid4().hex}
+    return jwt.encode(payload, secret, algorithm=ALGORITHM)
+
+
+def decode_token(secret: bytes, token: str) -> TokenClaims:
+    """Verify signature, algorithm and times; raise Unauthorized with the contract's message."""
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, secret, algorithms=[ALGORITHM],
+            options={"require": ["sub", "exp", "iat", "nbf", "jti"]})
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized(EXPIRED_TOKEN) from None
+    except jwt.InvalidTokenError:
+        raise Unauthorized(INVALID_TOKEN) from None
+    sub, jti = claims.get("sub"), claims.get("jti")
+    if not isinstance(sub, str) or not isinstance(jti, str):
+        raise Unauthorized(INVALID_TOKEN)
+    return TokenClaims(sub=sub, jti=jti, exp=float(claims["exp"]))
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an Authorization header: 'Bearer <t>' or a bare '<t>' (as the original)."""
+    if header is None:
+        return None
+    parts = header.strip().split()
+    if len(parts) == 2 and parts[0].lower() == "bearer":
+        return parts[1]
+    if len(parts) == 1 and parts[0].lower() != "bearer":
+        return parts[0]
+    return ""
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Authenticate only: verify the token's signature and times, keep the result on the request."""
+    token = bearer_token(request.headers.get("Authorization"))
+    result: TokenClaims | Unauthorized
+    if token is None:
+        result = Unauthorized(MISSING_HEADER)
+    elif not token:
+        result = Unauthorized(INVALID_TOKEN)
+    else:
+        try:
+            result = decode_token(request.app[secret_key], token)
+        except Unauthorized as exc:
+            result = exc
+    request[token_key] = result
+    return await handler(request)
+
+
+async def require_user(request: web.Request) -> tuple[User, TokenClaims | None]:
+    """The authenticated user and their token claims, or raise the contract's 401."""
+    if not request.app[config_key].authorization:
+        return User(uid="anonymous", admin=True), None
+    result = request[token_key]
+    if isinstance(result, Unauthorized):
+        raise result
+    revoked, user = await request.app[store_key].token_state(result.jti, result.sub)
+    if revoked:
+        raise Unauthorized(EXPIRED_TOKEN)
+    if user is None:
+        raise Unauthorized(NO_SUCH_USER)
+    request[user_id_key] = user.uid
+    return user, result
+
+
+async def require_admin(request: web.Request) -> User:
+    """The authenticated admin, or raise 401 (also for a valid non-admin token)."""
+    user, _ = await require_user(request)
+    if not user.admin:
+        raise Unauthorized(ADMIN_REQUIRED)
+    return user
+
+
+def token_lifetime_seconds(request: web.Request) -> int:
+    """Configured token lifetime in seconds."""
+    return request.app[config_key].token_expiration_minutes * 60

@@ -1,0 +1,29 @@
+"""Every typed key of the app and of requests, in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from aiohttp import web
+
+from idlakd.config import Config
+
+if TYPE_CHECKING:
+    from idlakd.auth import Passwords, TokenClaims
+    from idlakd.errors import Unauthorized
+    from idlakd.runtime import Runtime
+    from idlakd.store import Store
+    from idlakd.synth.service import SynthService
+    from idlakd.throttle import LoginThrottle
+
+config_key: Final = web.AppKey("config", Config)
+store_key: Final = web.AppKey["Store"]("store")
+secret_key: Final = web.AppKey("secret", bytes)
+passwords_key: Final = web.AppKey["Passwords"]("passwords")
+throttle_key: Final = web.AppKey["LoginThrottle"]("throttle")
+synth_key: Final = web.AppKey["SynthService"]("synth")
+runtime_key: Final = web.AppKey["Runtime"]("runtime")
+
+request_id_key: Final = web.RequestKey("request_id", str)
+user_id_key: Final = web.RequestKey("user_id", str)
+token_key: Final = web.RequestKey["TokenClaims | Unauthorized"]("token")

@@ -1,0 +1,96 @@
+"""Request body parsing and field checks, answering with the contract's 400/422 texts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final, Sequence
+
+from aiohttp import web
+
+from idlakd.errors import BadRequest, Unprocessable
+
+MISSING: Final = "Missing data for required field."
+NOT_STRING: Final = "Not a valid string."
+NOT_BOOLEAN: Final = "Not a valid boolean."
+NOT_CHOICE: Final = "Not a valid choice."
+INVALID_JSON: Final = "Request body is not valid JSON"
+NOT_OBJECT: Final = "Request body must be a JSON object"
+MAX_FIELD_LENGTH: Final = 1024
+
+
+async def json_object(request: web.Request, optional: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object; an empty body is {} when optional."""
+    raw = await request.read()
+    if not raw.strip():
+        if optional:
+            return {}
+        raise Unprocessable(NOT_OBJECT)
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise BadRequest(INVALID_JSON) from None
+    if not isinstance(body, dict):
+        raise Unprocessable(NOT_OBJECT)
+    return body
+
+
+class Fields:
+    """Collects per-field errors so one 422 names every bad field."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.errors: list[str] = []
+
+    def error(self, field: str, reason: str) -> None:
+        """Record a bad field."""
+        self.errors.append(f"{field}: {reason}")
+
+    def string(self, field: str, required: bool = False, hint: str = "",
+               max_length: int | None = MAX_FIELD_LENGTH) -> str | None:
+        """A string field (None when absent and optional)."""
+        value = self.body.get(field)
+        if value is None:
+            if required:
+                self.error(field, f"{MISSING} {hint}".strip())
+            return None
+        if not isinstance(value, str):
+            self.error(field, f"{NOT_STRING} {hint}".strip())
+            return None
+        if max_length is not None and len(value) > max_length:
+            self.error(field, f"Longer than maximum length {max_length}.")
+            return None
+        return value
+
+    def boolean(self, field: str, default: bool) -> bool:
+        """A boolean field (true/false only: 1, 'yes' and the like are refused)."""
+        value = self.body.get(field)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.error(field, NOT_BOOLEAN)
+            return default
+        return value
+
+    def choice(self, field: str, choices: Sequence[str], default: str | None = None) -> str | None:
+        """A string field that must be one of choices."""
+        value = self.body.get(field)
+        if value is None:
+            return default
+        if not isinstance(value, str) or value not in choices:
+            self.error(field, f"{NOT_CHOICE} Valid choices: {'|'.join(choices)}")
+            return default
+        return value
+
+    def check(self) -> None:
+        """Raise one 422 listing every bad field, if any."""
+        if self.errors:
+            raise Unprocessable(", ".join(self.errors))
+
+
+def valid_uid(uid: str) -> bool:
+    """1-64 characters, no slash, whitespace or control characters (it appears in URLs)."""
+    return 0 < len(uid) <= 64 and all(c.isprintable() and not c.isspace() and c != "/"
+                                      for c in uid)
+
+
+UID_RULE: Final = "Must be 1 to 64 characters with no '/', spaces or control characters."

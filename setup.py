@@ -1,0 +1,42 @@
+"""Install idlakd: the package, its admin templates, the default voice list and the `idlakd` command."""
+
+from setuptools import setup
+
+setup(
+    name="idlakd",
+    version="0.1.0",
+    description="Speech synthesis server for Idlak (eSpeak NG built in), over a REST API",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=["idlakd", "idlakd.api", "idlakd.synth", "idlakd.synth.engines", "idlakd.templates"],
+    # The admin page's templates live at the top level (templates/) and ship inside the package.
+    package_dir={"idlakd.templates": "templates"},
+    package_data={"idlakd.templates": ["*.html", "*.css", "*.js"]},
+    data_files=[("share/idlakd", ["voiceconfig.json", "etc/idlakd.conf", "idlakd.service"])],
+    install_requires=[
+        "aiohttp>=3.11,<4",
+        "aiohttp-jinja2>=1.6",
+        "aiosqlite>=0.20",
+        "PyJWT>=2.8",
+        "bcrypt>=4.1",
+        "espeakng-loader>=0.2.4",
+        "imageio-ffmpeg>=0.5",
+        "prometheus-client>=0.20",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-aiohttp>=1.1",
+            "pytest-asyncio>=0.23",
+            "hypothesis>=6.100",
+        ],
+    },
+    entry_points={"console_scripts": ["idlakd = idlakd.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Framework :: aiohttp",
+        "Topic :: Multimedia :: Sound/Audio :: Speech",
+    ],
+)
