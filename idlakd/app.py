@@ -43,6 +43,8 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     app[store_key] = store
     try:
+        # Make the dummy hash now, so the first login of an unknown uid costs no more than later ones.
+        await app[passwords_key].check("", None)
         password = await ensure_first_admin(store, app[passwords_key])
         if password is not None:
             # Printed once to the console, deliberately not through logging (never in a log file).

@@ -45,11 +45,9 @@ async def reset_password(request: web.Request) -> web.Response:
     """POST /users/{uid}/password -> {password}: a new generated password."""
     await require_admin(request)
     uid = request.match_info["uid"]
-    store = request.app[store_key]
-    if await store.get_user(uid) is None:
-        raise Unprocessable(NO_SUCH_USER)
     password = generate_password()
-    if not await store.set_password_hash(uid, await request.app[passwords_key].hash(password)):
+    password_hash = await request.app[passwords_key].hash(password)
+    if not await request.app[store_key].set_password_hash(uid, password_hash):
         raise Unprocessable(NO_SUCH_USER)
     return json_response({"password": password})
 
