@@ -1,0 +1,411 @@
+"""Worker subprocesses per voice: start lazily, keep warm, check out one per chunk, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import os
+from pathlib import Path
+from typing import Any, Coroutine, Final
+
+from idlakd.config import Config
+from idlakd.errors import ServiceUnavailable
+from idlakd.models import Voice
+from idlakd.synth.protocol import (AUDIO, END, ERROR, MAX_HEADER_BYTES, READY, START,
+                                   SYNTHESIZE, ProtocolError, encode_frame, read_frame)
+from idlakd.synth.text import Chunk
+from idlakd.synth.worker import worker_argv
+
+log = logging.getLogger(__name__)
+
+# Loading a voice (Idlak especially) can take far longer than one chunk.
+MIN_STARTUP_TIMEOUT: Final = 30.0
+# How long a worker asked to stop (stdin closed) may take before SIGTERM, then SIGKILL.
+IDLE_STOP_GRACE: Final = 2.0
+BUSY_STOP_GRACE: Final = 0.2
+TERM_GRACE: Final = 0.5
+# The package's parent directory, so `python -m idlakd.synth.worker` works from a source tree.
+_PACKAGE_PARENT: Final = str(Path(__file__).resolve().parents[2])
+
+
+class SynthesisError(Exception):
+    """A chunk could not be synthesised."""
+
+
+class EngineFailed(SynthesisError):
+    """The engine refused this chunk; the worker itself is fine and keeps serving."""
+
+
+class WorkerFailed(SynthesisError):
+    """The worker died, stalled, broke the protocol or could not start; it has been discarded."""
+
+
+class BackgroundTasks:
+    """Tasks that must finish even if their starter is cancelled (stopping workers); awaited on close."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run coro in its own task, kept referenced until it ends."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def finish(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run coro to completion even if the caller is cancelled meanwhile."""
+        task = self.spawn(coro)
+        await asyncio.shield(task)
+
+    async def close(self) -> None:
+        """Wait for every task still running."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+class Admission:
+    """One request's place in the global queue: waiting until its first chunk gets a slot."""
+
+    def __init__(self, limiter: "SynthesisLimiter") -> None:
+        self._limiter = limiter
+        self._waiting = True
+
+    def started(self) -> None:
+        """The request got its first synthesis slot: it no longer counts as waiting."""
+        if self._waiting:
+            self._waiting = False
+            self._limiter.waiting -= 1
+
+    def release(self) -> None:
+        """The request is over (served, failed or gone)."""
+        self.started()
+
+
+class SynthesisLimiter:
+    """The global bound: max_concurrent chunks at once, max_queue requests waiting, beyond that 503."""
+
+    def __init__(self, max_concurrent: int, max_queue: int) -> None:
+        self.max_concurrent = max_concurrent
+        self.max_queue = max_queue
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self.waiting = 0
+        self.running = 0
+
+    def admit(self) -> Admission:
+        """Queue a request, or raise ServiceUnavailable (before any response starts) if the queue is full."""
+        if self.waiting >= self.max_queue and (self._slots.locked() or self.waiting > 0):
+            raise ServiceUnavailable()
+        self.waiting += 1
+        return Admission(self)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, admission: Admission | None) -> Any:
+        """Hold one of the max_concurrent synthesis slots."""
+        async with self._slots:
+            if admission is not None:
+                admission.started()
+            self.running += 1
+            try:
+                yield
+            finally:
+                self.running -= 1
+
+
+def worker_command(voice: Voice, config: Config, name: str) -> list[str]:
+    """The argv starting a worker for this voice."""
+    return worker_argv(voice.engine, voice.directory, voice.options, config.idlak_root, name)
+
+
+def _worker_environment() -> dict[str, str]:
+    """The daemon's environment, with the idlakd package importable whatever the cwd."""
+    env = dict(os.environ)
+    paths = [_PACKAGE_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+class Worker:
+    """One worker subprocess speaking the frame protocol; used by one chunk at a time."""
+
+    def __init__(self, name: str, process: asyncio.subprocess.Process) -> None:
+        self.name = name
+        self.process = process
+        self.sample_rate = 0
+        self.engine = ""
+        self.last_used = asyncio.get_running_loop().time()
+        self._ids = itertools.count(1)
+        self._stderr_task = asyncio.create_task(self._log_stderr())
+
+    @property
+    def pid(self) -> int:
+        """The worker's process id."""
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self.process.returncode is None
+
+    @classmethod
+    async def spawn(cls, voice: Voice, config: Config, name: str) -> "Worker":
+        """Start a worker and wait for its `ready` frame; raises WorkerFailed."""
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *worker_command(voice, config, name),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=_worker_environment(),
+                limit=2 * MAX_HEADER_BYTES)
+        except OSError as exc:
+            raise WorkerFailed(f"worker {name} could not start: {exc}") from None
+        worker = cls(name, process)
+        try:
+            await worker._await_ready(max(config.synthesis_timeout_seconds, MIN_STARTUP_TIMEOUT))
+        except BaseException:
+            await worker.stop(BUSY_STOP_GRACE)
+            raise
+        log.info("Worker %s (pid %d) ready: engine %s at %d Hz",
+                 name, process.pid, worker.engine, worker.sample_rate)
+        return worker
+
+    async def _await_ready(self, timeout: float) -> None:
+        """Read the `ready` frame (or the fatal error that replaces it)."""
+        frame = await self._read(timeout)
+        if frame.type == READY:
+            rate = frame.header.get("sample_rate")
+            if not isinstance(rate, int) or isinstance(rate, bool) or rate <= 0:
+                raise WorkerFailed(f"worker {self.name} reported a bad sample rate {rate!r}")
+            self.sample_rate = rate
+            self.engine = str(frame.header.get("engine", ""))
+            return
+        if frame.type == ERROR:
+            raise WorkerFailed(f"worker {self.name} could not load the voice: "
+                               f"{frame.header.get('message', 'no message')}")
+        raise WorkerFailed(f"worker {self.name} sent {frame.type!r} instead of 'ready'")
+
+    async def _read(self, timeout: float) -> Any:
+        """Read one frame; every way it can fail becomes WorkerFailed."""
+        assert self.process.stdout is not None
+        try:
+            frame = await read_frame(self.process.stdout, timeout)
+        except TimeoutError:
+            raise WorkerFailed(f"worker {self.name} silent for {timeout:g} s") from None
+        except ProtocolError as exc:
+            raise WorkerFailed(f"worker {self.name} broke the protocol: {exc}") from None
+        if frame is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TERM_GRACE):
+                    await self.process.wait()
+            raise WorkerFailed(f"worker {self.name} exited (status {self.process.returncode})")
+        return frame
+
+    async def _log_stderr(self) -> None:
+        """Log the worker's stderr line by line, tagged with its name (voice)."""
+        assert self.process.stderr is not None
+        stream = self.process.stderr
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:
+                # A line over the buffer limit: log what is there rather than stop.
+                line = await stream.read(MAX_HEADER_BYTES)
+            if not line:
+                return
+            log.info("[worker %s] %s", self.name, line.decode("utf-8", "replace").rstrip())
+
+    async def synthesize(self, chunk: Chunk, timeout: float) -> tuple[int, bytes]:
+        """Synthesise one chunk: (sample_rate, PCM); EngineFailed keeps the worker, WorkerFailed does not."""
+        assert self.process.stdin is not None
+        request_id = next(self._ids)
+        try:
+            self.process.stdin.write(encode_frame(
+                SYNTHESIZE, chunk.text.encode("utf-8"), id=request_id, markup=chunk.markup))
+            async with asyncio.timeout(timeout):
+                await self.process.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            raise WorkerFailed(f"worker {self.name} closed its input") from None
+        except TimeoutError:
+            raise WorkerFailed(f"worker {self.name} not reading its input for {timeout:g} s") from None
+        parts: list[bytes] = []
+        rate = self.sample_rate
+        while True:
+            frame = await self._read(timeout)
+            if frame.header.get("id") != request_id:
+                raise WorkerFailed(f"worker {self.name} answered id {frame.header.get('id')!r}, "
+                                   f"expected {request_id}")
+            if frame.type == AUDIO:
+                parts.append(frame.payload)
+            elif frame.type == START:
+                rate = int(frame.header.get("sample_rate") or rate)
+            elif frame.type == END:
+                pcm = b"".join(parts)
+                samples = frame.header.get("samples")
+                if samples is not None and samples * 2 != len(pcm):
+                    raise WorkerFailed(f"worker {self.name} announced {samples} samples, "
+                                       f"sent {len(pcm) // 2}")
+                self.last_used = asyncio.get_running_loop().time()
+                return rate, pcm
+            elif frame.type == ERROR:
+                self.last_used = asyncio.get_running_loop().time()
+                raise EngineFailed(str(frame.header.get("message") or "synthesis failed"))
+            else:
+                raise WorkerFailed(f"worker {self.name} sent unexpected {frame.type!r}")
+
+    async def stop(self, grace: float = IDLE_STOP_GRACE) -> None:
+        """Close stdin, wait up to grace, terminate, kill; always reap the process."""
+        process = self.process
+        if process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.close()
+        for signal_it, wait in ((None, grace), (process.terminate, TERM_GRACE), (process.kill, None)):
+            if process.returncode is not None:
+                break
+            if signal_it is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    signal_it()
+            try:
+                async with asyncio.timeout(wait):
+                    await process.wait()
+            except TimeoutError:
+                log.warning("Worker %s (pid %d) did not stop within %g s", self.name,
+                            process.pid, wait)
+        await process.wait()
+        # A grandchild may still hold stderr open: do not wait for its EOF forever.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(TERM_GRACE):
+                await asyncio.shield(self._stderr_task)
+        self._stderr_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._stderr_task
+        log.debug("Worker %s (pid %d) stopped, status %s", self.name, process.pid,
+                  process.returncode)
+
+
+class VoicePool:
+    """The workers of one (voice id, voice version): at most workers_per_voice, idle ones kept warm."""
+
+    def __init__(self, voice: Voice, config: Config, limiter: SynthesisLimiter,
+                 background: BackgroundTasks) -> None:
+        self.voice = voice
+        self.version = voice.version
+        self._config = config
+        self._limiter = limiter
+        self._background = background
+        self.size = config.workers_per_voice
+        self._capacity = asyncio.Semaphore(self.size)
+        self._idle: collections.deque[Worker] = collections.deque()
+        self._workers: set[Worker] = set()
+        self._names = itertools.count(1)
+        self.busy = 0
+        self.retired = False
+        self.syntheses = 0
+        self.errors = 0
+        self.sample_rate: int | None = None
+
+    @property
+    def worker_count(self) -> int:
+        """Workers alive or starting."""
+        return len(self._workers)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of this pool's workers (for tests and the admin page)."""
+        return [w.pid for w in self._workers]
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the admin page and metrics."""
+        return {
+            "voice_id": self.voice.id,
+            "version": self.version,
+            "workers": len(self._workers),
+            "busy": self.busy,
+            "idle": len(self._idle),
+            "syntheses": self.syntheses,
+            "errors": self.errors,
+            "retired": self.retired,
+        }
+
+    def _take_idle(self) -> Worker | None:
+        """The most recently used live idle worker (the rest may be reaped); dead ones are dropped."""
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.alive:
+                return worker
+            log.warning("Idle worker %s died (status %s); replacing it",
+                        worker.name, worker.process.returncode)
+            self._discard(worker)
+        return None
+
+    async def _spawn(self) -> Worker:
+        """Start a new worker for this voice."""
+        name = f"{self.voice.id}#{next(self._names)}"
+        worker = await Worker.spawn(self.voice, self._config, name)
+        self.sample_rate = worker.sample_rate
+        return worker
+
+    def _discard(self, worker: Worker, grace: float = BUSY_STOP_GRACE) -> asyncio.Task[Any]:
+        """Stop a worker in the background (it finishes even if the caller is cancelled)."""
+        self._workers.discard(worker)
+        with contextlib.suppress(ValueError):
+            self._idle.remove(worker)
+        return self._background.spawn(worker.stop(grace))
+
+    async def synthesize(self, chunk: Chunk, admission: Admission | None = None) -> tuple[int, bytes]:
+        """Synthesise one chunk on a checked-out worker; raises SynthesisError."""
+        async with self._capacity, self._limiter.slot(admission):
+            worker = self._take_idle()
+            if worker is None:
+                try:
+                    worker = await self._spawn()
+                except WorkerFailed:
+                    self.errors += 1
+                    raise
+            self._workers.add(worker)
+            self.busy += 1
+            keep = False
+            try:
+                result = await worker.synthesize(chunk, self._config.synthesis_timeout_seconds)
+                keep = True
+                self.syntheses += 1
+                return result
+            except EngineFailed:
+                keep = True
+                self.errors += 1
+                raise
+            except WorkerFailed as exc:
+                self.errors += 1
+                log.warning("%s; discarding it", exc)
+                raise
+            finally:
+                # Cancelled mid-utterance, died, stalled: the worker's state is
+                # unknown, so it is stopped rather than reused.
+                self.busy -= 1
+                if keep and worker.alive and not self.retired:
+                    self._idle.append(worker)
+                else:
+                    await asyncio.shield(self._discard(worker))
+
+    def reap_idle(self, now: float) -> int:
+        """Stop workers idle for worker_idle_seconds; returns how many."""
+        limit = self._config.worker_idle_seconds
+        stale = [w for w in self._idle if now - w.last_used >= limit]
+        for worker in stale:
+            log.info("Stopping worker %s, idle for %.0f s", worker.name, now - worker.last_used)
+            self._discard(worker, IDLE_STOP_GRACE)
+        return len(stale)
+
+    def retire(self) -> None:
+        """Stop taking work: idle workers stop now, busy ones when their chunk ends."""
+        self.retired = True
+        for worker in list(self._idle):
+            self._discard(worker, IDLE_STOP_GRACE)
+
+    async def close(self) -> None:
+        """Stop every worker, busy ones included."""
+        self.retired = True
+        tasks = [self._discard(worker, IDLE_STOP_GRACE if worker in self._idle else BUSY_STOP_GRACE)
+                 for worker in list(self._workers | set(self._idle))]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

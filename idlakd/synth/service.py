@@ -1,0 +1,400 @@
+"""The synthesis service: split text, pipeline chunks over a voice's pool, stream audio in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, AsyncIterator, Final
+
+from aiohttp import web
+
+from idlakd.config import Config
+from idlakd.errors import APIError, ServiceUnavailable, Unprocessable
+from idlakd.models import Voice
+from idlakd.synth import wav
+from idlakd.synth.cache import AudioCache, CacheEntryWriter, cache_key, close_file, read_block
+from idlakd.synth.pool import (Admission, BackgroundTasks, SynthesisError, SynthesisLimiter,
+                               VoicePool)
+from idlakd.synth.text import Chunk, split_text
+from idlakd.synth.transcode import (CONTENT_TYPES, FORMATS, TranscodeError, Transcoder, encode,
+                                    ffmpeg_executable)
+
+log = logging.getLogger(__name__)
+
+SYNTHESIS_FAILED: Final = "Speech synthesis failed"
+# How often a running request checks that its client is still connected.
+DISCONNECT_POLL_SECONDS: Final = 0.2
+# Largest piece handed to response.write / ffmpeg at once.
+_WRITE_SIZE: Final = 64 * 1024
+
+
+class SynthService:
+    """Owns the worker pools, the global synthesis bound, the ffmpeg transcoders and the cache."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._limiter = SynthesisLimiter(config.max_concurrent_syntheses, config.max_queue)
+        self._background = BackgroundTasks()
+        self._pools: dict[str, VoicePool] = {}
+        self._retired: set[VoicePool] = set()
+        self._transcoders: set[Transcoder] = set()
+        self._cache = AudioCache(config.cache_dir, config.cache_max_bytes)
+        self._reaper: asyncio.Task[None] | None = None
+        self._accepting = True
+        self.requests = 0
+        self.failures = 0
+        self.disconnects = 0
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the cache and start the idle-worker reaper (workers themselves start lazily)."""
+        await self._cache.open()
+        self._reaper = asyncio.create_task(self._reap_forever())
+
+    def stop_accepting(self) -> None:
+        """New requests get 503 from now on; running ones finish (called at shutdown)."""
+        self._accepting = False
+
+    async def close(self) -> None:
+        """Stop every worker and every ffmpeg, and wait until all are reaped."""
+        self._accepting = False
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        pools = list(self._pools.values()) + list(self._retired)
+        self._pools.clear()
+        self._retired.clear()
+        await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
+        await asyncio.gather(*(t.aclose() for t in list(self._transcoders)), return_exceptions=True)
+        await self._background.close()
+
+    async def _reap_forever(self) -> None:
+        """Stop idle workers past worker_idle_seconds; forget retired pools once empty."""
+        idle = self._config.worker_idle_seconds
+        interval = max(0.5, min(30.0, idle / 4))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for pool in list(self._pools.values()):
+                pool.reap_idle(now)
+            for pool in list(self._retired):
+                if pool.worker_count == 0 and pool.busy == 0:
+                    self._retired.discard(pool)
+
+    # -- pools -----------------------------------------------------------
+
+    def _pool_for(self, voice: Voice) -> VoicePool:
+        """The pool of this voice at its current version; an older version's pool is retired."""
+        pool = self._pools.get(voice.id)
+        if pool is not None and pool.version != voice.version:
+            log.info("Voice %s changed (version %s -> %s): retiring its workers",
+                     voice.id, pool.version, voice.version)
+            self.retire(voice.id)
+            pool = None
+        if pool is None:
+            pool = VoicePool(voice, self._config, self._limiter, self._background)
+            self._pools[voice.id] = pool
+        return pool
+
+    def retire(self, voice_id: str) -> None:
+        """Retire a voice's workers (voice changed or removed): idle ones stop, busy ones after their chunk."""
+        pool = self._pools.pop(voice_id, None)
+        if pool is not None:
+            pool.retire()
+            self._retired.add(pool)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of every worker and ffmpeg this service runs (tests check none is left)."""
+        pids = [pid for pool in [*self._pools.values(), *self._retired] for pid in pool.worker_pids]
+        return pids + [t.pid for t in self._transcoders]
+
+    def stats(self) -> dict[str, Any]:
+        """Per-voice workers busy/idle, queue length, syntheses and errors (admin page, metrics)."""
+        return {
+            "voices": {voice_id: pool.stats() for voice_id, pool in sorted(self._pools.items())},
+            "retired_workers": sum(pool.worker_count for pool in self._retired),
+            "queue": self._limiter.waiting,
+            "running": self._limiter.running,
+            "max_concurrent": self._limiter.max_concurrent,
+            "max_queue": self._limiter.max_queue,
+            "requests": self.requests,
+            "failures": self.failures,
+            "disconnects": self.disconnects,
+            "transcoders": len(self._transcoders),
+            "cache": {
+                "enabled": self._cache.enabled,
+                "files": len(self._cache),
+                "bytes": self._cache.total_bytes,
+                "max_bytes": self._cache.max_bytes,
+                "hits": self._cache.hits,
+                "misses": self._cache.misses,
+            },
+        }
+
+    # -- the request -----------------------------------------------------
+
+    async def respond(self, request: web.Request, voice: Voice, text: str, audio_format: str,
+                      stream: bool = True) -> web.StreamResponse:
+        """Answer /speech: audio streamed in order as chunks finish, or a complete file if not stream."""
+        if audio_format not in FORMATS:
+            raise Unprocessable(f"audio_format: Not a valid choice. Valid choices: {'|'.join(FORMATS)}")
+        if not self._accepting:
+            raise ServiceUnavailable()
+        try:
+            chunks = split_text(text)
+        except ValueError as exc:
+            raise Unprocessable(f"text: {exc}") from None
+        self.requests += 1
+        key = cache_key(voice.id, voice.version, audio_format, text) if self._cache.enabled else None
+        if key is not None:
+            cached = await self._cache.lookup(key)
+            if cached is not None:
+                return await self._send_cached(request, cached[0], cached[1], audio_format, stream)
+        admission = self._limiter.admit()
+        pool = self._pool_for(voice)
+        response = web.StreamResponse()
+        response.content_type = CONTENT_TYPES[audio_format]
+        if stream:
+            response.enable_chunked_encoding()
+        work = asyncio.create_task(
+            self._serve(request, response, pool, chunks, audio_format, stream, key, admission))
+        watcher = asyncio.create_task(self._watch_client(request, work))
+        try:
+            return await work
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the handler itself was cancelled (server side)
+            # The watcher cancelled the work: the client went away.
+            self.disconnects += 1
+            log.info("Client went away during /speech (voice %s); its synthesis stopped", voice.id)
+            return response
+        finally:
+            watcher.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([work])
+            admission.release()
+
+    async def _watch_client(self, request: web.Request, work: asyncio.Task[Any]) -> None:
+        """Cancel the work (stopping its workers and ffmpeg) as soon as the client disconnects."""
+        while not work.done():
+            await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                work.cancel()
+                return
+
+    async def _serve(self, request: web.Request, response: web.StreamResponse, pool: VoicePool,
+                     chunks: list[Chunk], audio_format: str, stream: bool, key: str | None,
+                     admission: Admission) -> web.StreamResponse:
+        """Synthesise and send; maps failures to a JSON error before the status line, an abort after."""
+        writer: CacheEntryWriter | None = None
+        committed = False
+        try:
+            if key is not None:
+                writer = await self._cache.begin(key)
+            async with contextlib.aclosing(self._synthesise(pool, chunks, admission)) as pieces:
+                try:
+                    rate, first = await anext(pieces)
+                except SynthesisError as exc:
+                    self.failures += 1
+                    log.error("Synthesis failed for voice %s before any audio: %s", pool.voice.id, exc)
+                    raise APIError(SYNTHESIS_FAILED) from None
+                if not stream:
+                    try:
+                        await self._send_complete(request, response, rate, first, pieces,
+                                                  audio_format, writer)
+                    except SynthesisError as exc:
+                        self.failures += 1
+                        log.error("Synthesis failed for voice %s: %s", pool.voice.id, exc)
+                        raise APIError(SYNTHESIS_FAILED) from None
+                else:
+                    await response.prepare(request)
+                    try:
+                        await self._send_stream(response, rate, first, pieces, audio_format, writer)
+                    except (SynthesisError, TranscodeError) as exc:
+                        self.failures += 1
+                        log.error("Synthesis failed for voice %s mid-stream, aborting the "
+                                  "connection: %s", pool.voice.id, exc)
+                        # Never a clean end of a truncated file: the client must see
+                        # an incomplete body.
+                        if request.transport is not None:
+                            request.transport.abort()
+                        return response
+            if writer is not None:
+                committed = await writer.commit()
+            if stream:
+                await response.write_eof()
+            return response
+        except ConnectionResetError:
+            self.disconnects += 1
+            log.info("Client went away during /speech (voice %s)", pool.voice.id)
+            return response
+        finally:
+            if writer is not None and not committed:
+                await self._background.finish(writer.abort())
+
+    async def _synthesise(self, pool: VoicePool, chunks: list[Chunk],
+                          admission: Admission) -> AsyncIterator[tuple[int, bytes]]:
+        """Yield each chunk's (rate, PCM) strictly in order while the next ones synthesise in parallel."""
+        # Enough chunks in flight to keep every worker of the voice busy, plus
+        # the one being written; a bound, so a long text never piles up audio.
+        lookahead = pool.size + 1
+        pending: list[asyncio.Task[tuple[int, bytes]]] = []
+        index = 0
+        try:
+            while index < len(chunks) or pending:
+                while index < len(chunks) and len(pending) < lookahead:
+                    pending.append(asyncio.create_task(pool.synthesize(chunks[index], admission)))
+                    index += 1
+                # The head stays in `pending` until done, so cancellation reaches it too.
+                result = await pending[0]
+                pending.pop(0)
+                yield result
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _send_stream(self, response: web.StreamResponse, rate: int, first: bytes,
+                           pieces: AsyncIterator[tuple[int, bytes]], audio_format: str,
+                           writer: CacheEntryWriter | None) -> None:
+        """Write audio to a prepared chunked response as each piece arrives."""
+        if audio_format == "wav":
+            await response.write(wav.streaming_header(rate))
+            if writer is not None:
+                await writer.write(wav.exact_header(rate, 0))
+            data_bytes = 0
+            pcm: bytes | None = first
+            while pcm is not None:
+                for offset in range(0, len(pcm), _WRITE_SIZE):
+                    await response.write(pcm[offset:offset + _WRITE_SIZE])
+                if writer is not None:
+                    await writer.write(pcm)
+                data_bytes += len(pcm)
+                pcm = await _next_pcm(pieces, rate)
+            if writer is not None:
+                await writer.write_at(0, wav.exact_header(rate, data_bytes))
+            return
+        transcoder = await self._start_transcoder(audio_format, rate)
+        feeder = asyncio.create_task(self._feed(transcoder, rate, first, pieces))
+        try:
+            try:
+                while data := await transcoder.read():
+                    await response.write(data)
+                    if writer is not None:
+                        await writer.write(data)
+            except TranscodeError:
+                # ffmpeg stopped because the feeder failed: report the feeder's reason.
+                if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
+                    raise feeder.exception() from None  # type: ignore[misc]
+                raise
+            await feeder
+        finally:
+            await self._stop_feeder(feeder)
+            await self._stop_transcoder(transcoder)
+
+    async def _feed(self, transcoder: Transcoder, rate: int, first: bytes,
+                    pieces: AsyncIterator[tuple[int, bytes]]) -> None:
+        """Push PCM into ffmpeg in order, then close its input; on failure stop ffmpeg so the reader ends."""
+        try:
+            pcm: bytes | None = first
+            while pcm is not None:
+                for offset in range(0, len(pcm), _WRITE_SIZE):
+                    await transcoder.write(pcm[offset:offset + _WRITE_SIZE])
+                pcm = await _next_pcm(pieces, rate)
+            await transcoder.close_input()
+        except BaseException:
+            await self._background.finish(transcoder.aclose())
+            raise
+
+    @staticmethod
+    async def _stop_feeder(feeder: asyncio.Task[None]) -> None:
+        """Cancel the feeder if still running and wait for it (its error was handled by the reader)."""
+        if not feeder.done():
+            feeder.cancel()
+        await asyncio.wait([feeder])
+        if not feeder.cancelled():
+            feeder.exception()  # retrieved, so asyncio does not log it again
+
+    async def _start_transcoder(self, audio_format: str, rate: int) -> Transcoder:
+        """Start ffmpeg and track it so close() can stop it."""
+        try:
+            transcoder = await Transcoder.start(ffmpeg_executable(self._config), audio_format, rate)
+        except OSError as exc:
+            raise TranscodeError(f"ffmpeg could not start: {exc}") from None
+        self._transcoders.add(transcoder)
+        return transcoder
+
+    async def _stop_transcoder(self, transcoder: Transcoder) -> None:
+        """Stop and reap ffmpeg, even if the caller is being cancelled."""
+        try:
+            await self._background.finish(transcoder.aclose())
+        finally:
+            self._transcoders.discard(transcoder)
+
+    async def _send_complete(self, request: web.Request, response: web.StreamResponse, rate: int,
+                             first: bytes, pieces: AsyncIterator[tuple[int, bytes]],
+                             audio_format: str, writer: CacheEntryWriter | None) -> None:
+        """Synthesise everything first, then send one complete file with Content-Length."""
+        parts = [first]
+        while (pcm := await _next_pcm(pieces, rate)) is not None:
+            parts.append(pcm)
+        pcm_all = b"".join(parts)
+        del parts
+        if audio_format == "wav":
+            body = wav.exact_header(rate, len(pcm_all)) + pcm_all
+        else:
+            try:
+                body = await encode(ffmpeg_executable(self._config), audio_format, rate, pcm_all)
+            except (TranscodeError, OSError) as exc:
+                self.failures += 1
+                log.error("Encoding %s failed: %s", audio_format, exc)
+                raise APIError(SYNTHESIS_FAILED) from None
+        del pcm_all
+        if writer is not None:
+            await writer.write(body)
+        response.content_length = len(body)
+        await response.prepare(request)
+        for offset in range(0, len(body), _WRITE_SIZE):
+            await response.write(body[offset:offset + _WRITE_SIZE])
+        await response.write_eof()
+
+    async def _send_cached(self, request: web.Request, handle: Any, size: int, audio_format: str,
+                           stream: bool) -> web.StreamResponse:
+        """Serve a cached file (complete, exact sizes); chunked if a stream was asked for."""
+        response = web.StreamResponse()
+        response.content_type = CONTENT_TYPES[audio_format]
+        if stream:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = size
+        try:
+            await response.prepare(request)
+            while block := await read_block(handle):
+                await response.write(block)
+            await response.write_eof()
+        except ConnectionResetError:
+            self.disconnects += 1
+        finally:
+            await close_file(handle)
+        return response
+
+
+async def _next_pcm(pieces: AsyncIterator[tuple[int, bytes]], rate: int) -> bytes | None:
+    """The next chunk's PCM, or None at the end; every chunk must share the first one's rate."""
+    try:
+        next_rate, pcm = await anext(pieces)
+    except StopAsyncIteration:
+        return None
+    if next_rate != rate:
+        raise SynthesisError(f"sample rate changed mid-utterance ({rate} -> {next_rate} Hz)")
+    return pcm
