@@ -1,0 +1,102 @@
+"""ogg/mp3 through the real ffmpeg: valid streams, concurrent feed and read, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from idlakd.config import load_config
+from idlakd.synth.transcode import (CONTENT_TYPES, FORMATS, TranscodeError, Transcoder, encode,
+                                    ffmpeg_arguments, ffmpeg_executable)
+
+
+def tone(seconds: float, rate: int = 22050) -> bytes:
+    """A 440 Hz tone as s16le PCM."""
+    return b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+                    for i in range(int(seconds * rate)))
+
+
+@pytest.fixture
+def ffmpeg(tmp_path: Path) -> str:
+    """The ffmpeg the daemon would use by default."""
+    return ffmpeg_executable(load_config(env={}, overrides={"state_dir": str(tmp_path)}))
+
+
+async def decoded_seconds(ffmpeg: str, data: bytes) -> float:
+    """Decode a stream with ffmpeg to 8 kHz PCM and return its duration."""
+    proc = await asyncio.create_subprocess_exec(
+        ffmpeg, "-hide_banner", "-loglevel", "error", "-i", "pipe:0", "-f", "s16le", "-ac", "1",
+        "-ar", "8000", "pipe:1", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate(data)
+    assert proc.returncode == 0, err
+    return len(out) / 2 / 8000
+
+
+def test_formats_and_content_types() -> None:
+    """One list of formats, each with its content type."""
+    assert FORMATS == ("wav", "ogg", "mp3")
+    assert CONTENT_TYPES == {"wav": "audio/wav", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
+
+
+def test_mp3_resamples_rates_mpeg_does_not_know() -> None:
+    """16 kHz stays, 16001 Hz is resampled to 22050 for libmp3lame."""
+    assert "-ar" not in ffmpeg_arguments("mp3", 16000)[8:]
+    args = ffmpeg_arguments("mp3", 16001)
+    assert args[args.index("-ar", 8) + 1] == "22050"
+    with pytest.raises(ValueError):
+        ffmpeg_arguments("wav", 16000)
+
+
+@pytest.mark.parametrize("audio_format", ["ogg", "mp3"])
+async def test_encode_round_trip(ffmpeg: str, audio_format: str) -> None:
+    """Two seconds of PCM come back as about two seconds of valid ogg/mp3."""
+    data = await encode(ffmpeg, audio_format, 22050, tone(2.0))
+    if audio_format == "ogg":
+        assert data[:4] == b"OggS"
+    else:
+        assert data[:3] == b"ID3" or (data[0] == 0xFF and data[1] & 0xE0 == 0xE0)
+    assert abs(await decoded_seconds(ffmpeg, data) - 2.0) < 0.1
+
+
+async def test_feed_and_read_concurrently_without_deadlock(ffmpeg: str) -> None:
+    """More PCM than any pipe buffer: feeding and reading in parallel finishes."""
+    transcoder = await Transcoder.start(ffmpeg, "ogg", 22050)
+    pcm = tone(1.0) * 30  # 30 s, ~1.3 MB of PCM
+
+    async def feed() -> None:
+        for offset in range(0, len(pcm), 65536):
+            await transcoder.write(pcm[offset:offset + 65536])
+        await transcoder.close_input()
+
+    feeder = asyncio.create_task(feed())
+    out = bytearray()
+    while data := await asyncio.wait_for(transcoder.read(), 20):
+        out += data
+    await feeder
+    await transcoder.aclose()
+    assert out[:4] == b"OggS" and abs(await decoded_seconds(ffmpeg, bytes(out)) - 30) < 0.2
+
+
+async def test_aclose_kills_and_reaps_a_running_ffmpeg(ffmpeg: str) -> None:
+    """Stopping mid-stream leaves no process behind."""
+    transcoder = await Transcoder.start(ffmpeg, "mp3", 22050)
+    await transcoder.write(tone(0.5))
+    pid = transcoder.pid
+    await transcoder.aclose()
+    await transcoder.aclose()  # idempotent
+    assert not os.path.exists(f"/proc/{pid}")
+
+
+async def test_ffmpeg_failure_is_a_transcode_error(tmp_path: Path) -> None:
+    """A program that exits with an error is reported with what it said."""
+    fake = tmp_path / "ffmpeg"
+    fake.write_text("#!/bin/sh\necho 'no encoder here' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(TranscodeError, match="no encoder here"):
+        await encode(str(fake), "ogg", 22050, tone(0.1))
