@@ -7,6 +7,8 @@ import io
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from idlakd.synth.protocol import (
     MAX_HEADER_BYTES,
@@ -170,3 +172,23 @@ async def test_over_pipe_from_subprocess() -> None:
         assert frame is not None and frame.header["id"] == i and frame.payload == bytes([i]) * 65536
     assert await read_frame(proc.stdout, timeout=10.0) is None
     assert await proc.wait() == 0
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kind=st.text(min_size=1),
+    payload=st.binary(max_size=3000),
+    fields=st.dictionaries(st.text().filter(lambda k: k not in ("type", "payload", "payload_length")),
+                           _JSON_VALUES, max_size=4),
+)
+def test_round_trip_property(kind: str, payload: bytes, fields: dict[str, object]) -> None:
+    """Any type, payload and JSON fields survive encode -> read_frame_sync unchanged."""
+    frame = read_frame_sync(io.BytesIO(encode_frame(kind, payload, **fields) * 2))
+    assert frame == Frame(kind, {"type": kind, **fields, "payload_length": len(payload)}, payload)
