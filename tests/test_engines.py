@@ -10,7 +10,7 @@ import subprocess
 import sys
 from array import array
 from pathlib import Path
-from typing import Any
+from typing import Any, Generator, cast
 
 import pytest
 from synth_helpers import REPO, STANDIN_ROOT, make_standin_voice, wav_command_argv, worker_env
@@ -116,7 +116,7 @@ def test_espeak_engine_in_process_streams_and_aborts() -> None:
         assert engine.sample_rate == 22050
         chunks = list(engine.synthesize("Guten Tag. " * 10, False))
         assert len(chunks) > 5 and all(len(c) % 2 == 0 for c in chunks)
-        partial = engine.synthesize("Eins zwei drei. " * 50, False)
+        partial = cast(Generator[bytes, None, None], engine.synthesize("Eins zwei drei. " * 50, False))
         next(partial)
         partial.close()
         again = b"".join(engine.synthesize("Hallo", False))
@@ -186,7 +186,7 @@ def _wav(pcm: bytes, *, rate: int = 8000, channels: int = 1, bits: int = 16, tag
 
 def _read(data: bytes) -> tuple[int, bytes]:
     """Parse a WAV from bytes: (rate, mono PCM)."""
-    rate, chunks = read_wav_stream(io.BufferedReader(io.BytesIO(data)))  # type: ignore[arg-type]
+    rate, chunks = read_wav_stream(io.BufferedReader(io.BytesIO(data)))
     return rate, b"".join(chunks)
 
 
@@ -226,7 +226,7 @@ def test_wav_stream_rejects(data: bytes, needle: str) -> None:
 def test_command_engine_in_process_kills_on_early_close() -> None:
     """Closing the generator early kills the program instead of leaving it running."""
     engine = load_engine("command", "", {"argv": wav_command_argv(8000), "sample_rate": 8000}, None)
-    chunks = engine.synthesize("x" * 2000, False)
+    chunks = cast(Generator[bytes, None, None], engine.synthesize("x" * 2000, False))
     first = next(chunks)
     assert first
     chunks.close()

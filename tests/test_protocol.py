@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -53,7 +54,7 @@ def test_encode_refuses_reserved_fields_and_huge_header() -> None:
 
 async def test_async_round_trip_many_frames() -> None:
     """Several frames (with and without payloads, non-ASCII fields) decode in order, then EOF."""
-    frames = [
+    frames: list[tuple[str, bytes, dict[str, Any]]] = [
         ("ready", b"", {"sample_rate": 22050, "engine": "espeak"}),
         ("synthesize", "Grüße, мир\n".encode(), {"id": 1, "markup": False}),
         ("audio", bytes(range(256)) * 100, {"id": 1}),

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterable
 
 import pytest
 from synth_helpers import (
@@ -22,10 +23,9 @@ from idlakd.synth.protocol import MAX_AUDIO_PAYLOAD, ProtocolError, encode_frame
 from idlakd.synth.worker import worker_argv
 
 
-def _peak(samples: "list[int] | object") -> int:
+def _peak(samples: Iterable[int]) -> int:
     """Largest absolute sample value."""
-    values = list(samples)  # type: ignore[call-overload]
-    return max((abs(v) for v in values), default=0)
+    return max((abs(v) for v in samples), default=0)
 
 
 # ---------------------------------------------------------------- espeak

@@ -46,16 +46,20 @@ DEFAULT_VOICE: Final = "en"
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
 
 
+def _loader() -> Any:
+    """The espeakng_loader module, imported on first use (the wheel ships no type hints)."""
+    import espeakng_loader  # type: ignore[import-untyped]
+    return espeakng_loader
+
+
 def library_path() -> str:
     """Path of the libespeak-ng shared library from the espeakng-loader wheel."""
-    import espeakng_loader
-    return str(espeakng_loader.get_library_path())
+    return str(_loader().get_library_path())
 
 
 def data_path() -> str:
     """Path of the espeak-ng-data directory from the espeakng-loader wheel."""
-    import espeakng_loader
-    return str(espeakng_loader.get_data_path())
+    return str(_loader().get_data_path())
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ class TangleVoice:
         self._acc = ""
         self._spk = ""
         self._conf: dict[str, str] = {}
+        self._srate: int
         if voice_dir is not None:
             self.load_voice(voice_dir)
 
@@ -80,7 +81,7 @@ class TangleVoice:
     @property
     def srate(self) -> int:
         """Sample rate; like real pyIdlak, only set when voice.conf has srate."""
-        return self._srate  # type: ignore[no-any-return]
+        return self._srate
 
     def load_voice(self, voice_dir: str) -> None:
         """Read voice.conf (raising like pyIdlak when the directory or file is missing)."""
