@@ -113,6 +113,18 @@ async def test_tangle_standin_prints_do_not_corrupt_and_clip(tmp_path: Path) -> 
     assert "(print to stdout)" in printed and "(os.write to fd 1)" in printed
 
 
+async def test_tangle_standin_delay_per_sentence(tmp_path: Path) -> None:
+    """The stand-in's delay_per_sentence slows speak() per sentence (for pool timing tests)."""
+    voice = make_standin_voice(tmp_path / "v", delay_per_sentence=0.2)
+    worker = await WorkerClient.start("tangle", voice, idlak_root=STANDIN_ROOT)
+    try:
+        started = asyncio.get_running_loop().time()
+        assert (await worker.synthesize("One. Two. Three.")).final.type == "end"
+        assert asyncio.get_running_loop().time() - started >= 0.6
+    finally:
+        await worker.close()
+
+
 async def test_tangle_raise_then_next_request_works(tmp_path: Path) -> None:
     """An engine exception becomes an error frame for that id; the worker keeps serving."""
     worker = await WorkerClient.start("tangle", make_standin_voice(tmp_path / "v"),

@@ -132,7 +132,10 @@ async def _read_frame(reader: asyncio.StreamReader) -> Frame | None:
 
 
 async def read_frame(reader: asyncio.StreamReader, timeout: float | None) -> Frame | None:
-    """Read one frame; None on clean EOF between frames; TimeoutError if it takes longer than timeout."""
+    """Read one frame; None on clean EOF between frames; TimeoutError if it takes longer than timeout.
+
+    After a timeout or ProtocolError the stream may sit mid-frame: discard the peer.
+    """
     if timeout is None:
         return await _read_frame(reader)
     async with asyncio.timeout(timeout):

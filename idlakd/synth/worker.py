@@ -20,11 +20,15 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
-from typing import Any, BinaryIO, Final, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Iterator, Sequence
 
 from idlakd.synth import protocol
 from idlakd.synth.protocol import ProtocolError, read_frame_sync, write_frame_sync
+
+if TYPE_CHECKING:  # engines are imported only after the stdout guard is in place
+    from idlakd.synth.engines import Engine
 
 logger = logging.getLogger("idlakd.synth.worker")
 
@@ -93,7 +97,7 @@ def _frames(data: bytes) -> Iterator[bytes]:
         yield data[start:start + step]
 
 
-def serve(engine: Any, stdin: BinaryIO, out: BinaryIO) -> int:
+def serve(engine: "Engine", stdin: BinaryIO, out: BinaryIO) -> int:
     """Answer synthesize requests one after another until stdin closes; returns the exit code."""
     while True:
         try:
@@ -118,9 +122,10 @@ def serve(engine: Any, stdin: BinaryIO, out: BinaryIO) -> int:
         _synthesize_one(engine, out, request_id, text, bool(frame.header.get("markup", False)))
 
 
-def _synthesize_one(engine: Any, out: BinaryIO, request_id: Any, text: str, markup: bool) -> None:
+def _synthesize_one(engine: "Engine", out: BinaryIO, request_id: Any, text: str, markup: bool) -> None:
     """Run one request: start, audio frames as the engine yields, then end or error."""
     write_frame_sync(out, protocol.START, id=request_id, sample_rate=engine.sample_rate)
+    started = time.monotonic()
     samples = 0
     carry = b""  # an odd byte left by an engine chunk; frames hold whole samples
     chunks = iter(engine.synthesize(text, markup))
@@ -142,6 +147,8 @@ def _synthesize_one(engine: Any, out: BinaryIO, request_id: Any, text: str, mark
             write_frame_sync(out, protocol.AUDIO, payload, id=request_id)
         samples += len(data) // 2
     write_frame_sync(out, protocol.END, id=request_id, samples=samples)
+    logger.debug("request %s: %d characters, %d samples in %.3f s", request_id, len(text), samples,
+                 time.monotonic() - started)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=args.log_level,
                         format=f"%(levelname)s {args.name or args.engine}[%(process)d] "
                                "%(name)s: %(message)s")
-    engine = None
+    engine: Engine | None = None
     try:
         try:
             from idlakd.synth.engines import load_engine
