@@ -10,6 +10,7 @@ The WAV is parsed as it streams (RIFF, ``fmt ``, ``data``; sizes of
 16-bit PCM, and several channels are averaged down to mono. PCM is yielded
 as soon as it is read. There is no timeout here: the daemon kills a silent
 worker. A non-zero exit raises ``CommandError`` with the program's stderr tail.
+Markup requests get the text as it is: the program decides what markup it understands.
 """
 
 from __future__ import annotations
