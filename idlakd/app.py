@@ -13,6 +13,7 @@ from idlakd.config import Config
 from idlakd.http import add_request_id_header, error_middleware
 from idlakd.keys import (config_key, passwords_key, runtime_key, secret_key, store_key,
                          synth_key, throttle_key)
+from idlakd.metrics import metrics_middleware, setup_metrics
 from idlakd.routes import setup_routes
 from idlakd.runtime import Runtime
 from idlakd.store import Store
@@ -82,7 +83,8 @@ def create_app(config: Config) -> web.Application:
         log.warning("AUTHORIZATION IS OFF: every route, admin routes included, is open to "
                     "anyone who can reach %s:%d", config.host, config.port)
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware],
+        # metrics outermost, so it times and counts the final status error_middleware produced.
+        middlewares=[metrics_middleware, error_middleware, auth_middleware],
         client_max_size=config.max_body_bytes,
     )
     app[config_key] = config
@@ -92,6 +94,7 @@ def create_app(config: Config) -> web.Application:
                                       config.login_max_failures_per_address,
                                       config.login_window_seconds)
     app[synth_key] = SynthService(config)
+    setup_metrics(app)
     setup_routes(app)
     app.on_response_prepare.append(add_request_id_header)
     app.on_shutdown.append(mark_stopping)

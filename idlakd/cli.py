@@ -47,17 +47,12 @@ def setup_logging(config: Config) -> None:
 
 def serve(config: Config) -> int:
     """Run the daemon until SIGINT/SIGTERM."""
-    from aiohttp import web
-
-    from idlakd.app import create_app
-    from idlakd.http import AccessLogger
+    from idlakd.daemon import run_daemon
 
     setup_logging(config)
     log.info("idlakd %s starting on %s:%d (database %s)",
              __version__, config.host, config.port, config.database)
-    web.run_app(create_app(config), host=config.host, port=config.port,
-                access_log_class=AccessLogger, access_log=logging.getLogger("idlakd.access"),
-                print=None, shutdown_timeout=config.shutdown_grace_seconds)
+    asyncio.run(run_daemon(config))
     return 0
 
 

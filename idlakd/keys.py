@@ -11,6 +11,7 @@ from idlakd.config import Config
 if TYPE_CHECKING:
     from idlakd.auth import Passwords, TokenClaims
     from idlakd.errors import Unauthorized
+    from idlakd.metrics import Metrics
     from idlakd.runtime import Runtime
     from idlakd.store import Store
     from idlakd.synth.service import SynthService
@@ -23,7 +24,9 @@ passwords_key: Final = web.AppKey["Passwords"]("passwords")
 throttle_key: Final = web.AppKey["LoginThrottle"]("throttle")
 synth_key: Final = web.AppKey["SynthService"]("synth")
 runtime_key: Final = web.AppKey["Runtime"]("runtime")
+metrics_key: Final = web.AppKey["Metrics"]("metrics")
 
 request_id_key: Final = web.RequestKey("request_id", str)
 user_id_key: Final = web.RequestKey("user_id", str)
+request_start_key: Final = web.RequestKey("request_start", float)
 token_key: Final = web.RequestKey["TokenClaims | Unauthorized"]("token")

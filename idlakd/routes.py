@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from idlakd import health, metrics, openapi
 from idlakd.api import auth, speech, users, voices
 
 # path                                 handler                  access
@@ -22,6 +23,11 @@ ROUTES: tuple[tuple[str, str, web.Handler, str], ...] = (  # type: ignore[valid-
     ("POST",   "/voices",                    voices.query_voices,   "public"),
     ("GET",    "/voices/{voice_id}",         voices.get_voice,      "public"),
     ("POST",   "/speech",                    speech.speech,         "user"),
+    ("GET",    "/healthz",                   health.healthz,        "public"),
+    ("GET",    "/readyz",                    health.readyz,         "public"),
+    ("GET",    "/metrics",                   metrics.metrics_handler, "local"),
+    ("GET",    "/openapi.json",              openapi.openapi_json,  "public"),
+    ("GET",    "/docs",                      openapi.docs_page,     "public"),
 )
 
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 from aiohttp import web
 
 from idlakd.auth import require_user
-from idlakd.errors import BadRequest, PayloadTooLarge, Unprocessable
-from idlakd.keys import config_key, store_key, synth_key
+from idlakd.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, Unprocessable
+from idlakd.keys import config_key, runtime_key, store_key, synth_key
 from idlakd.synth.transcode import FORMATS
 from idlakd.validation import Fields, json_object
 
 VOICE_NOT_FOUND = "Voice could not be found"
+SHUTTING_DOWN = "Server is shutting down, try again later"
 
 
 async def speech(request: web.Request) -> web.StreamResponse:
     """POST /speech {voice_id, text, audio_format?, stream?} -> audio, streamed as made."""
     await require_user(request)
+    if request.app[runtime_key].stopping:
+        # Running streams finish during the grace period; new ones go to another instance.
+        raise ServiceUnavailable(SHUTTING_DOWN, retry_after=5)
     fields = Fields(await json_object(request))
     voice_id = fields.string("voice_id", required=True, hint="Provide a voice id")
     text = fields.string("text", required=True, max_length=None)

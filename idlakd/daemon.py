@@ -1,0 +1,76 @@
+"""Run the daemon: start, listen, tell systemd, and on SIGTERM/SIGINT stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from typing import Final
+
+from aiohttp import web
+
+from idlakd.app import create_app
+from idlakd.config import Config
+from idlakd.http import AccessLogger
+from idlakd.keys import runtime_key
+from idlakd.systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+# Read once by the Notifier, then removed so worker subprocesses do not inherit them.
+SYSTEMD_VARIABLES: Final = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+async def run_daemon(config: Config) -> None:
+    """Serve until SIGTERM/SIGINT, then drain running requests within shutdown_grace_seconds."""
+    notifier = Notifier()
+    for name in SYSTEMD_VARIABLES:
+        os.environ.pop(name, None)
+    app = create_app(config)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log_class=AccessLogger,
+        access_log=logging.getLogger("idlakd.access"),
+        # aiohttp waits this long for running handlers (streams included), then cancels them.
+        shutdown_timeout=config.shutdown_grace_seconds)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: signal.Signals) -> None:
+        """First signal: start the graceful stop; later ones only say it is under way."""
+        if stop.is_set():
+            log.warning("%s received again; still finishing running requests", signum.name)
+            return
+        log.info("%s received: stopping (running requests get up to %g s)",
+                 signum.name, config.shutdown_grace_seconds)
+        # Set at once (on_shutdown sets it too, later): a /speech racing the signal gets 503.
+        app[runtime_key].stopping = True
+        stop.set()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
+    watchdog: asyncio.Task[None] | None = None
+    try:
+        await runner.setup()  # cleanup_ctx: database, voices, synthesis service
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        log.info("Listening on http://%s:%d", config.host, config.port)
+        notifier.notify("READY=1", f"STATUS=Listening on {config.host}:{config.port}",
+                        f"MAINPID={os.getpid()}")
+        watchdog = asyncio.create_task(notifier.watchdog(), name="systemd-watchdog")
+        await stop.wait()
+        notifier.notify("STOPPING=1", "STATUS=Finishing running requests")
+    finally:
+        # Stops listening, runs on_shutdown, waits for running handlers, then the cleanup_ctx
+        # teardown stops the workers and closes the database.
+        await runner.cleanup()
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+        notifier.close()
+    log.info("idlakd stopped")
