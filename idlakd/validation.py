@@ -20,7 +20,10 @@ MAX_FIELD_LENGTH: Final = 1024
 
 async def json_object(request: web.Request, optional: bool = False) -> dict[str, Any]:
     """The request body as a JSON object; an empty body is {} when optional."""
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError:  # e.g. Content-Encoding: gzip on a body that is not gzip
+        raise BadRequest(INVALID_JSON) from None
     if not raw.strip():
         if optional:
             return {}
@@ -53,7 +56,7 @@ class Fields:
             if required:
                 self.error(field, f"{MISSING} {hint}".strip())
             return None
-        if not isinstance(value, str):
+        if not isinstance(value, str) or not _is_utf8(value):
             self.error(field, f"{NOT_STRING} {hint}".strip())
             return None
         if max_length is not None and len(value) > max_length:
@@ -85,6 +88,15 @@ class Fields:
         """Raise one 422 listing every bad field, if any."""
         if self.errors:
             raise Unprocessable(", ".join(self.errors))
+
+
+def _is_utf8(value: str) -> bool:
+    """False for text with lone surrogates (JSON "\\ud800"): SQLite and engines cannot take it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def valid_uid(uid: str) -> bool:

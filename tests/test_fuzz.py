@@ -1,0 +1,495 @@
+"""Bad input, generated: every route, authenticated or not, never answers 5xx or a non-JSON error.
+
+Hypothesis drives the real app (real SQLite file, real middlewares) through aiohttp's
+test client. One app is started per test and reused by that test's examples; tokens are
+minted per example so that a fuzzed /auth/expire or a deleted admin cannot blind the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import re
+import socket
+import string
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterator, Mapping, TypeVar
+from urllib.parse import quote
+
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from yarl import URL
+
+from idlakd.app import create_app
+from idlakd.auth import issue_token
+from idlakd.config import Config
+from idlakd.keys import passwords_key, secret_key, store_key
+from idlakd.routes import ROUTES
+from tests.conftest import assert_error, make_config
+
+T = TypeVar("T")
+
+FUZZ = settings(max_examples=40, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+# Every body field any route reads, so generated objects hit the validators, not only "unknown key".
+FIELDS = ("uid", "password", "old_password", "new_password", "admin", "language", "accent",
+          "gender", "voice_id", "text", "audio_format", "stream")
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "TRACE", "FOO")
+
+
+class LiveApp:
+    """One started app with its own event loop: sync Hypothesis tests drive it example by example."""
+
+    def __init__(self, tmp_path: Path, **overrides: str) -> None:
+        self.config: Config = make_config(tmp_path, **overrides)
+        self.runner = asyncio.Runner()
+        self.client: TestClient[Any, Any] = self.runner.run(self._start())
+        self.errors: list[logging.LogRecord] = []
+        self._handler = _ListHandler(self.errors)
+        logging.getLogger("idlakd").addHandler(self._handler)
+
+    async def _start(self) -> TestClient[Any, Any]:
+        """Start the app (its first-start console line is swallowed)."""
+        client: TestClient[Any, Any] = TestClient(TestServer(create_app(self.config)))
+        with contextlib.redirect_stdout(io.StringIO()):
+            await client.start_server()
+        return client
+
+    @property
+    def app(self) -> Any:
+        """The running application."""
+        return self.client.app
+
+    def run(self, coro: Awaitable[T]) -> T:
+        """Run one coroutine on the app's loop."""
+        return self.runner.run(coro)  # type: ignore[arg-type]
+
+    async def tokens(self) -> dict[str, str]:
+        """Fresh tokens of an admin and of a plain user, recreating them if a test removed them."""
+        store = self.app[store_key]
+        passwords = self.app[passwords_key]
+        for uid, admin in (("admin", True), ("fuzzuser", False)):
+            if not await store.add_user(uid, await passwords.hash("irrelevant-pw"), admin):
+                await store.set_admin(uid, admin)
+        secret = self.app[secret_key]
+        return {"admin": issue_token(secret, "admin", 600),
+                "user": issue_token(secret, "fuzzuser", 600)}
+
+    def close(self) -> None:
+        """Stop the app and the loop."""
+        logging.getLogger("idlakd").removeHandler(self._handler)
+        try:
+            self.run(self.client.close())
+        finally:
+            self.runner.close()
+
+
+class _ListHandler(logging.Handler):
+    """Collects ERROR records (an unhandled exception logs one)."""
+
+    def __init__(self, sink: list[logging.LogRecord]) -> None:
+        super().__init__(logging.ERROR)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record)
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveApp]:
+    """A started app for a sync (Hypothesis) test; afterwards it must still serve and have logged no crash."""
+    live_app = LiveApp(tmp_path, max_body_bytes="65536")
+    try:
+        yield live_app
+        assert live_app.run(_still_serving(live_app.client))
+        assert not live_app.errors, [r.getMessage() for r in live_app.errors]
+    finally:
+        live_app.close()
+
+
+async def _still_serving(client: TestClient[Any, Any]) -> bool:
+    """The server answers a plain request correctly."""
+    resp = await client.get("/voices/alba")
+    return resp.status == 200 and (await resp.json())["voice_id"] == "alba"
+
+
+async def check_answer(resp: ClientResponse, method: str = "GET") -> None:
+    """The pass condition: never 5xx; every error is 4xx JSON {"message"} with a request id."""
+    body = await resp.read()
+    assert resp.status < 500, (resp.status, body[:300])
+    if "X-Request-Id" not in resp.headers:
+        # Only aiohttp's HTTP parser answers without passing through the app (a body whose
+        # Content-Encoding lies, a broken chunk): a plain-text 400 that closes the connection.
+        # Known gap: such answers cannot be shaped by idlakd's middleware.
+        assert resp.status == 400 and resp.headers.get("Connection") == "close" or \
+            resp.headers.get("Content-Type", "").startswith("text/plain"), resp.headers
+        return
+    if resp.status >= 400 and method != "HEAD":
+        assert resp.headers.get("Content-Type") == "application/json", (resp.status, body[:300])
+        data = json.loads(body)
+        assert isinstance(data, dict) and isinstance(data.get("message"), str), data
+        assert set(data) <= {"message", "code"}, data
+        assert "Traceback" not in data["message"]
+        if resp.status == 401:
+            assert resp.headers.get("WWW-Authenticate") == "Bearer"
+
+
+# Strategies
+
+# Unicode edge cases: controls, NUL, lone surrogates are impossible in JSON via aiohttp, so
+# escape them ourselves below; BOM, RTL marks, combining marks, astral planes, non-characters.
+EDGE_CHARS = st.sampled_from(["\x00", "\x1b", "\u202e", "\ufeff", "\u0301", "\U0001f600",
+                              "\uffff", "\ud800", "\udfff", "\u2028", "\r\n", "\t", "'", '"',
+                              "\\", "%", "<", ">", "&", "/", "..", ";", "--", "\u0130"])
+TEXT = st.one_of(
+    st.text(max_size=50),
+    st.lists(EDGE_CHARS, max_size=20).map("".join),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=30),
+    st.integers(1000, 70_000).map(lambda n: "a" * n),
+    st.just(""),
+)
+JSON_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+                        TEXT, st.integers(-(10 ** 30), 10 ** 30))
+JSON_VALUE = st.recursive(
+    JSON_SCALAR,
+    lambda inner: st.one_of(st.lists(inner, max_size=5),
+                            st.dictionaries(st.text(max_size=10), inner, max_size=5)),
+    max_leaves=20,
+)
+JSON_OBJECT = st.one_of(
+    st.fixed_dictionaries({}, optional={f: JSON_VALUE for f in FIELDS}),
+    st.dictionaries(st.text(max_size=20), JSON_VALUE, max_size=6),
+    # Plausible bodies, so the fuzzer also reaches what comes after validation.
+    st.fixed_dictionaries({"voice_id": st.sampled_from(["alba", "nope", "", "alba\x00"]),
+                           "text": TEXT},
+                          optional={"audio_format": st.sampled_from(["wav", "ogg", "WAV", "flac"]),
+                                    "stream": JSON_SCALAR}),
+    st.fixed_dictionaries({"uid": TEXT}, optional={"admin": JSON_SCALAR, "password": TEXT}),
+)
+
+
+def _dump(value: Any) -> bytes:
+    """JSON text, with lone surrogates escaped (json.dumps does) and NaN allowed."""
+    return json.dumps(value).encode("utf-8")
+
+
+def _json_body(value: Any) -> io.BytesIO:
+    """A JSON request body as a stream (aiohttp warns about large raw bytes bodies)."""
+    return io.BytesIO(_dump(value))
+
+
+@st.composite
+def malformed_json(draw: st.DrawFn) -> bytes:
+    """Bodies that are not JSON, or are JSON in ways a strict parser might choke on."""
+    kind = draw(st.sampled_from(["truncated", "binary", "deep", "latin1", "bom", "big_number",
+                                 "dup_keys", "nan", "trailing", "utf16", "huge_string"]))
+    if kind == "truncated":
+        text = _dump(draw(JSON_OBJECT))
+        return text[: draw(st.integers(0, max(0, len(text) - 1)))]
+    if kind == "binary":
+        return draw(st.binary(max_size=200))
+    if kind == "deep":
+        depth = draw(st.integers(500, 50_000))
+        opener = draw(st.sampled_from(['[', '{"a":']))
+        closer = "]" if opener == "[" else "}"
+        return (opener * depth + "1" + closer * depth).encode()
+    if kind == "latin1":
+        return '{"uid": "caf\xe9", "password": "\xff"}'.encode("latin-1")
+    if kind == "bom":
+        return b"\xef\xbb\xbf" + _dump(draw(JSON_OBJECT))
+    if kind == "big_number":
+        return b'{"uid": ' + b"9" * draw(st.integers(4000, 20_000)) + b"}"
+    if kind == "dup_keys":
+        return b'{"uid": "a", "uid": 1, "admin": true, "admin": "x"}'
+    if kind == "nan":
+        return b'{"uid": NaN, "admin": Infinity, "text": -Infinity}'
+    if kind == "trailing":
+        return _dump(draw(JSON_OBJECT)) + draw(st.sampled_from([b",", b"}", b"\x00", b" x"]))
+    if kind == "utf16":
+        return json.dumps(draw(JSON_OBJECT)).encode("utf-16")
+    return b'{"text": "' + b"x" * draw(st.integers(10_000, 200_000)) + b'"}'
+
+
+BODY = st.one_of(JSON_OBJECT.map(_dump), JSON_VALUE.map(_dump), malformed_json(), st.just(b""))
+PATH_SEGMENT = st.one_of(
+    TEXT.map(lambda s: quote(s[:300].encode("utf-8", "surrogatepass"), safe="")),
+    st.sampled_from(["..", "%2e%2e", "%2F", "%00", "%ff%fe", "admin", "alba", "en",
+                     "a'%20OR%20'1'%3D'1", "%25", "~", "%c0%af"]),
+    st.integers(1000, 10_000).map(lambda n: "x" * n),
+)
+HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF,
+                                             exclude_characters="\x7f"), max_size=200)
+CONTENT_TYPES = st.sampled_from(["application/json", "text/plain", "application/json; charset=latin-1",
+                                 "application/x-www-form-urlencoded", "multipart/form-data",
+                                 "multipart/form-data; boundary=xx", "application/json; charset=utf-16",
+                                 "", "*/*", "\u00e9/\u00e9"])
+
+
+@st.composite
+def headers(draw: st.DrawFn, token: str | None) -> dict[str, str]:
+    """Odd headers: content types, encodings that lie, junk Authorization, junk request ids."""
+    h: dict[str, str] = {}
+    if draw(st.booleans()):
+        h["Content-Type"] = draw(CONTENT_TYPES)
+    if draw(st.integers(0, 4)) == 0:
+        h["Content-Encoding"] = draw(st.sampled_from(["gzip", "deflate", "br", "zstd", "x-junk",
+                                                      "identity"]))
+    if draw(st.integers(0, 4)) == 0:
+        h["Accept"] = draw(st.sampled_from(["text/html", "application/xml", "*/*;q=0", ""]))
+    if draw(st.integers(0, 4)) == 0:
+        h["X-Request-Id"] = draw(HEADER_TEXT)
+    if draw(st.integers(0, 4)) == 0:
+        h["X-Forwarded-For"] = draw(HEADER_TEXT)
+    auth = draw(st.sampled_from(["token", "bearer-token", "junk", "none", "bearer-junk"])
+                if token else st.sampled_from(["junk", "none", "bearer-junk"]))
+    if auth == "token" and token:
+        h["Authorization"] = token
+    elif auth == "bearer-token" and token:
+        h["Authorization"] = draw(st.sampled_from(["Bearer ", "bearer ", "BEARER  ", " Bearer\t"])) + token
+    elif auth == "junk":
+        h["Authorization"] = draw(HEADER_TEXT)
+    elif auth == "bearer-junk":
+        h["Authorization"] = "Bearer " + draw(HEADER_TEXT)
+    return h
+
+
+def _fill(path: str, draw: st.DrawFn) -> str:
+    """A route path with each {placeholder} replaced by a generated, already-quoted segment."""
+    out = path
+    while "{" in out:
+        start, end = out.index("{"), out.index("}")
+        out = out[:start] + draw(PATH_SEGMENT) + out[end + 1:]
+    return out
+
+
+async def send(client: TestClient[Any, Any], method: str, path: str, body: bytes | None,
+               hdrs: Mapping[str, str], query: Mapping[str, str] | None = None) -> None:
+    """Send one request with an already-encoded path and check the answer."""
+    url = URL(str(client.make_url("/")).rstrip("/") + path, encoded=True)
+    if query:
+        url = url.update_query(query)
+    data = io.BytesIO(body) if body is not None else None
+    if method == "HEAD":
+        # aiohttp's parser-level 400 for an undecodable body carries a body even to HEAD,
+        # which the client then rejects; that is aiohttp's, not idlakd's, so don't provoke it.
+        hdrs = {k: v for k, v in hdrs.items() if k != "Content-Encoding"}
+    async with client.session.request(method, url, data=data, headers=dict(hdrs),
+                                      skip_auto_headers=("Content-Type",)) as resp:
+        await check_answer(resp, method)
+
+
+def with_tokens(live: LiveApp, action: Callable[[dict[str, str]], Awaitable[None]]) -> None:
+    """Run one example with fresh tokens."""
+    async def go() -> None:
+        await action(await live.tokens())
+    live.run(go())
+
+
+# The tests
+
+ROUTE_LIST = [(m, p, access) for m, p, _, access in ROUTES]
+
+
+@pytest.mark.parametrize("who", ["anonymous", "user", "admin"])
+def test_every_route_with_generated_bodies_and_headers(live: LiveApp, who: str) -> None:
+    """Each route of the table, with generated path segments, bodies and headers."""
+    @FUZZ
+    @given(route=st.sampled_from(ROUTE_LIST), data=st.data())
+    def example(route: tuple[str, str, str], data: st.DataObject) -> None:
+        method, path, _ = route
+
+        async def action(tokens: dict[str, str]) -> None:
+            token = tokens.get(who)
+            hdrs = data.draw(headers(token))
+            body = data.draw(BODY)
+            await send(live.client, method, _fill(path, data.draw), body, hdrs)
+        with_tokens(live, action)
+
+    example()
+
+
+def test_odd_methods_and_paths(live: LiveApp) -> None:
+    """Any method on any path (known or not), junk query strings: 404/405 JSON, never 5xx."""
+    paths = st.one_of(st.sampled_from([p for _, p, _ in ROUTE_LIST]),
+                      st.lists(PATH_SEGMENT, min_size=1, max_size=4).map(lambda s: "/" + "/".join(s)))
+
+    @FUZZ
+    @given(method=st.sampled_from(METHODS), path=paths, data=st.data(),
+           query=st.dictionaries(HEADER_TEXT.filter(bool), st.text(max_size=50), max_size=4))
+    def example(method: str, path: str, data: st.DataObject, query: dict[str, str]) -> None:
+        async def action(tokens: dict[str, str]) -> None:
+            filled = _fill(path, data.draw)
+            body = data.draw(st.one_of(st.none(), BODY))
+            await send(live.client, method, filled, body, data.draw(headers(tokens["admin"])),
+                       query)
+        with_tokens(live, action)
+
+    example()
+
+
+def test_voice_queries_by_query_string(live: LiveApp) -> None:
+    """GET /voices?language=&accent=&gender= with generated values and repeated keys."""
+    @FUZZ
+    @given(params=st.lists(st.tuples(st.sampled_from(["language", "accent", "gender", "x"]),
+                                     TEXT.map(lambda s: s[:200])), max_size=5))
+    def example(params: list[tuple[str, str]]) -> None:
+        async def action() -> None:
+            async with live.client.get("/voices", params=params) as resp:
+                await check_answer(resp)
+                if resp.status == 200:
+                    assert all(set(v) >= {"voice_id", "id", "name", "language", "accent", "gender"}
+                               for v in (await resp.json())["voices"])
+        live.run(action())
+
+    example()
+
+
+def test_login_with_generated_credentials(live: LiveApp) -> None:
+    """POST /auth never succeeds for a guessed password and never crashes on odd credentials."""
+    @FUZZ
+    @given(uid=st.one_of(TEXT, JSON_VALUE), password=st.one_of(TEXT, JSON_VALUE))
+    def example(uid: Any, password: Any) -> None:
+        async def action() -> None:
+            async with live.client.post("/auth", data=_json_body({"uid": uid, "password": password}),
+                                        headers={"Content-Type": "application/json"}) as resp:
+                await check_answer(resp, "POST")
+                assert resp.status in (401, 413, 422, 429), resp.status
+        live.run(action())
+
+    example()
+
+
+def test_users_admin_fields(live: LiveApp) -> None:
+    """POST /users as admin with generated uids and admin flags: 200 only for a valid uid."""
+    @FUZZ
+    @given(body=st.fixed_dictionaries({}, optional={"uid": st.one_of(TEXT, JSON_SCALAR),
+                                                    "admin": JSON_SCALAR}))
+    def example(body: dict[str, Any]) -> None:
+        async def action(tokens: dict[str, str]) -> None:
+            async with live.client.post("/users", data=_json_body(body), headers={
+                    "Authorization": f"Bearer {tokens['admin']}",
+                    "Content-Type": "application/json"}) as resp:
+                await check_answer(resp, "POST")
+                if resp.status == 200:
+                    created = await resp.json()
+                    uid = created["uid"]
+                    assert isinstance(uid, str) and 0 < len(uid) <= 64 and "/" not in uid
+                    # The created user is reachable by its own path, whatever its characters.
+                    async with live.client.request(
+                            "POST", URL(f"/users/{quote(uid, safe='')}/admin", encoded=True),
+                            headers={"Authorization": f"Bearer {tokens['admin']}"}) as toggled:
+                        await check_answer(toggled, "POST")
+                        assert toggled.status == 200, await toggled.text()
+        with_tokens(live, action)
+
+    example()
+
+
+SPEECH_TEXT = st.one_of(
+    TEXT,
+    st.text(alphabet=string.punctuation, min_size=1, max_size=200),          # only punctuation
+    st.integers(100, 5000).map(lambda n: "Supercalifragilistic" * (n // 20)),  # one long word
+    st.sampled_from([
+        "<speak><s>unclosed",                                                   # malformed markup
+        '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 '
+        '"&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]><speak>&lol2;</speak>',
+        '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+        "<speak>&xxe;</speak>",
+        "&amp;&lt;&#0;&#xFFFFFFFF;]]>",
+        "\x00\x01\x02 hello \x7f",
+        "\u202e\u0301\ufeff",
+    ]),
+)
+
+
+def test_speech_fields_and_text(live: LiveApp) -> None:
+    """POST /speech with generated fields and hostile texts: 4xx JSON, or audio; never 5xx."""
+    @settings(FUZZ, max_examples=25)
+    @given(voice=st.sampled_from(["alba", "nope", ""]), text=SPEECH_TEXT,
+           fmt=st.sampled_from(["wav", "mp3", "flac", None]))
+    def example(voice: str, text: str, fmt: str | None) -> None:
+        async def action(tokens: dict[str, str]) -> None:
+            body: dict[str, Any] = {"voice_id": voice, "text": text[:3000], "stream": False}
+            if fmt is not None:
+                body["audio_format"] = fmt
+            async with live.client.post("/speech", data=_json_body(body), headers={
+                    "Authorization": f"Bearer {tokens['user']}",
+                    "Content-Type": "application/json"}) as resp:
+                await check_answer(resp, "POST")
+                if resp.status == 200:
+                    assert resp.headers["Content-Type"].startswith("audio/")
+                    assert len(await resp.read()) > 0
+        with_tokens(live, action)
+
+    example()
+
+
+def _raw_exchange(port: int, request: bytes) -> bytes:
+    """Send raw bytes to the server and return whatever it answers before closing (bounded)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks: list[bytes] = []
+        try:
+            while sum(map(len, chunks)) < 1_000_000:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("raw", [
+    b"GARBAGE\r\n\r\n",
+    b"GET /voices HTTP/1.1\r\nHost: x\r\nBad Header Without Colon\r\n\r\n",
+    b"GET /voices HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+    b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST /auth HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"uid\"",
+    b"POST /auth HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    b"POST /auth HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"POST /auth HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+    b"GET /voices/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /voices HTTP/9.9\r\nHost: x\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello on the plain port
+], ids=["garbage", "no-colon", "huge-header", "huge-url", "short-body", "negative-length",
+        "bad-chunk", "te-and-cl", "non-utf8-path", "http-9.9", "tls-hello"])
+def test_raw_protocol_garbage_is_refused_and_server_keeps_serving(live: LiveApp, raw: bytes) -> None:
+    """Malformed HTTP below the app: a 4xx (or a closed connection), never a 5xx; then it serves."""
+    port = live.client.port
+    assert port is not None
+    answer = live.run(asyncio.to_thread(_raw_exchange, port, raw))
+    if answer:
+        status_line = answer.split(b"\r\n", 1)[0]
+        assert re.match(rb"HTTP/1\.[01] 4\d\d ", status_line), status_line
+    # Application-level answers (the request line parsed) are the JSON error shape.
+    if answer.startswith(b"HTTP/1.1 4") and b"\r\nX-Request-Id" in answer:
+        assert b"\r\nContent-Type: application/json" in answer, answer[:500]
+
+
+# Regressions found by the generated tests above, pinned so they never depend on the draw.
+
+async def test_body_with_lying_content_encoding_is_400_json(client: TestClient[Any, Any]) -> None:
+    """Content-Encoding: gzip on plain JSON used to escape as a 500 from request.read()."""
+    resp = await client.post("/auth", data=io.BytesIO(b'{"uid": "a", "password": "b"}'),
+                             headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    await check_answer(resp, "POST")
+    assert resp.status == 400
+
+
+@pytest.mark.parametrize("field", ["uid", "password"])
+async def test_lone_surrogate_in_a_string_field_is_422(client: TestClient[Any, Any],
+                                                       field: str) -> None:
+    """JSON may escape a lone surrogate ("\\ud800"); SQLite cannot bind it: used to be a 500."""
+    body = {"uid": "admin", "password": "x"} | {field: "a\ud800"}
+    resp = await client.post("/auth", data=_json_body(body),
+                             headers={"Content-Type": "application/json"})
+    await assert_error(resp, 422, f"{field}: Not a valid string.")
