@@ -8,6 +8,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from idlakd.admin import setup_admin
 from idlakd.auth import Passwords, auth_middleware, generate_password, load_or_create_secret
 from idlakd.config import Config
 from idlakd.http import add_request_id_header, error_middleware
@@ -96,6 +97,7 @@ def create_app(config: Config) -> web.Application:
     app[synth_key] = SynthService(config)
     setup_metrics(app)
     setup_routes(app)
+    setup_admin(app)
     app.on_response_prepare.append(add_request_id_header)
     app.on_shutdown.append(mark_stopping)
     app.cleanup_ctx.append(storage_ctx)

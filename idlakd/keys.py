@@ -9,6 +9,7 @@ from aiohttp import web
 from idlakd.config import Config
 
 if TYPE_CHECKING:
+    from idlakd.admin.session import Flashes
     from idlakd.auth import Passwords, TokenClaims
     from idlakd.errors import Unauthorized
     from idlakd.metrics import Metrics
@@ -25,6 +26,7 @@ throttle_key: Final = web.AppKey["LoginThrottle"]("throttle")
 synth_key: Final = web.AppKey["SynthService"]("synth")
 runtime_key: Final = web.AppKey["Runtime"]("runtime")
 metrics_key: Final = web.AppKey["Metrics"]("metrics")
+admin_flashes_key: Final = web.AppKey["Flashes"]("admin_flashes")
 
 request_id_key: Final = web.RequestKey("request_id", str)
 user_id_key: Final = web.RequestKey("user_id", str)
