@@ -160,6 +160,19 @@ def _user_delete(config: Config, args: argparse.Namespace) -> int:
     return asyncio.run(_with_store(config, action))
 
 
+def _backup(config: Config, args: argparse.Namespace) -> int:
+    """idlakd backup FILE: a consistent copy of the live database (SQLite online backup)."""
+    from idlakd.backup import BackupError, backup_database
+
+    try:
+        size = backup_database(config.database, args.file)
+    except BackupError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"Backed up {config.database} to {args.file} ({size} bytes); "
+          f"keep {config.secret_file} too, or every issued token becomes invalid on restore")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="idlakd", description="Idlak speech synthesis server")
@@ -204,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_del = user_sub.add_parser("delete", help="delete a user")
     p_del.add_argument("uid")
     p_del.set_defaults(run=_user_delete)
+
+    p_backup = sub.add_parser("backup", help="copy the live database to FILE (safe while serving)")
+    p_backup.add_argument("file", type=Path)
+    p_backup.set_defaults(run=_backup)
     return parser
 
 
