@@ -1,0 +1,124 @@
+"""Graceful shutdown of the real `idlakd serve`: running streams finish, new requests are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+from conftest import assert_error, bearer
+from daemon_helpers import SLOW_CHUNK_BYTES, login, start_daemon, wait_listening
+
+from idlakd.keys import runtime_key
+
+FOUR_SENTENCES = ("First sentence here. Second sentence here. Third sentence here. "
+                  "Fourth one here.")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process exists (and is not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_stream_started_before_the_signal_completes(tmp_path: Path, signum: signal.Signals) -> None:
+    daemon = start_daemon(tmp_path)
+    try:
+        await wait_listening(daemon)
+        async with aiohttp.ClientSession() as session:
+            token = await login(session, daemon.url, "admin", daemon.admin_password())
+            async with session.post(daemon.url + "/speech", headers=bearer(token),
+                                    json={"voice_id": "slow", "text": FOUR_SENTENCES}) as resp:
+                assert resp.status == 200
+                first = await resp.content.readany()  # the first sentence is out
+                workers = daemon.children()
+                assert workers, "the stream should be served by a worker"
+                daemon.signal(signum)
+                signalled = time.monotonic()
+
+                # Stop accepting: a new connection is refused while the stream still runs.
+                async with aiohttp.ClientSession() as fresh:
+                    while True:
+                        try:
+                            async with fresh.get(daemon.url + "/healthz") as probe:
+                                await probe.read()
+                        except aiohttp.ClientConnectorError:
+                            break
+                        assert time.monotonic() - signalled < 5, "still accepting after the signal"
+                        await asyncio.sleep(0.05)
+                assert daemon.process.poll() is None, "exited before the stream finished"
+
+                rest = await resp.read()  # raises ClientPayloadError on a truncated chunked body
+            finished = time.monotonic()
+        body = first + rest
+        assert body[:4] == b"RIFF" and body[8:12] == b"WAVE"
+        assert len(body) == 44 + 4 * SLOW_CHUNK_BYTES, "the whole text must be spoken"
+        assert finished - signalled > 1.0, "the stream should have outlived the signal"
+
+        assert await daemon.wait(timeout=30) == 0
+        for pid in workers:
+            assert not _alive(pid), f"worker {pid} left running"
+        log = daemon.log()
+        assert f"{signum.name} received" in log and "idlakd stopped" in log
+        assert "Traceback" not in log
+    finally:
+        daemon.kill()
+
+
+async def test_grace_period_bounds_the_wait(tmp_path: Path) -> None:
+    daemon = start_daemon(tmp_path, shutdown_grace_seconds="0.5")
+    try:
+        await wait_listening(daemon)
+        async with aiohttp.ClientSession() as session:
+            token = await login(session, daemon.url, "admin", daemon.admin_password())
+            text = " ".join(f"Sentence number {n}." for n in range(30))  # ~27 s of slow synthesis
+            async with session.post(daemon.url + "/speech", headers=bearer(token),
+                                    json={"voice_id": "slow", "text": text}) as resp:
+                assert resp.status == 200
+                await resp.content.readany()
+                daemon.signal(signal.SIGTERM)
+                start = time.monotonic()
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await resp.read()  # cut short: never a clean end of a truncated file
+        assert await daemon.wait(timeout=20) == 0
+        assert time.monotonic() - start < 10
+    finally:
+        daemon.kill()
+
+
+async def test_speech_and_readiness_answer_503_while_stopping(
+        client: TestClient[Any, Any], user_token: str) -> None:
+    client.app[runtime_key].stopping = True
+    resp = await client.post("/speech", headers=bearer(user_token),
+                             json={"voice_id": "alba", "text": "Hello."})
+    await assert_error(resp, 503, "Server is shutting down, try again later")
+    assert resp.headers["Retry-After"] == "5"
+    await assert_error(await client.get("/readyz"), 503, contains="shutting down")
+    assert (await client.get("/healthz")).status == 200  # alive, just not ready
+
+
+async def test_unusable_port_fails_start_with_one_line(tmp_path: Path) -> None:
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    try:
+        port = blocker.sockets[0].getsockname()[1]
+        daemon = start_daemon(tmp_path, port=str(port))
+        try:
+            assert await daemon.wait(timeout=30) == 1
+            assert "address already in use" in daemon.log().lower()
+            assert "Traceback" not in daemon.log()
+        finally:
+            daemon.kill()
+    finally:
+        blocker.close()
+        await blocker.wait_closed()
+    assert os.path.exists(tmp_path / "state" / "idlakd.db")

@@ -1,0 +1,196 @@
+"""systemd: the NOTIFY_SOCKET protocol (tested on a datagram socket, no systemd needed) and the unit."""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import aiohttp
+import pytest
+from conftest import bearer
+from daemon_helpers import REPO, login, start_daemon
+
+from idlakd.systemd import Notifier
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[str, socket.socket]]:
+    """A datagram socket standing in for systemd's notify socket (abstract namespace)."""
+    name = f"@idlakd-test-{uuid.uuid4().hex}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(b"\0" + name[1:].encode())
+    sock.settimeout(0.05)
+    yield name, sock
+    sock.close()
+
+
+def receive(sock: socket.socket, timeout: float) -> list[str]:
+    """The datagrams that arrive within timeout."""
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got.append(sock.recv(4096).decode())
+        except TimeoutError:
+            continue
+    return got
+
+
+async def receive_until(sock: socket.socket, needle: str, timeout: float) -> list[str]:
+    """Datagrams until one contains needle (without blocking the loop for long)."""
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not any(needle in m for m in got):
+        assert time.monotonic() < deadline, f"no {needle} within {timeout} s; got {got}"
+        got += await asyncio.to_thread(receive, sock, 0.2)
+    return got
+
+
+def test_notify_on_a_path_socket() -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:  # short: unix paths are <= 107 bytes
+        path = os.path.join(tmp, "notify")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            notifier = Notifier({"NOTIFY_SOCKET": path})
+            assert notifier.enabled and notifier.watchdog_seconds is None
+            assert notifier.notify("READY=1", "STATUS=up")
+            assert sock.recv(100) == b"READY=1\nSTATUS=up"
+            notifier.close()
+            notifier.close()
+
+
+def test_notify_is_silent_without_systemd(listener: tuple[str, socket.socket]) -> None:
+    notifier = Notifier({})
+    assert not notifier.enabled and not notifier.notify("READY=1")
+    assert not Notifier({"NOTIFY_SOCKET": "vsock:2:1234"}).enabled
+    # A socket that went away is a warning, never a crash.
+    gone = Notifier({"NOTIFY_SOCKET": "@idlakd-test-nobody-listens-" + uuid.uuid4().hex})
+    assert gone.notify("READY=1") is False
+    gone.close()
+
+
+def test_watchdog_interval_is_for_this_process_only() -> None:
+    base = {"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "3000000"}
+    assert Notifier(base).watchdog_seconds == 3.0
+    assert Notifier({**base, "WATCHDOG_PID": str(os.getpid())}).watchdog_seconds == 3.0
+    assert Notifier({**base, "WATCHDOG_PID": "1"}).watchdog_seconds is None
+    assert Notifier({**base, "WATCHDOG_USEC": "soon"}).watchdog_seconds is None
+    assert Notifier({**base, "WATCHDOG_USEC": "0"}).watchdog_seconds is None
+
+
+async def test_watchdog_pings_at_half_the_interval(listener: tuple[str, socket.socket]) -> None:
+    name, sock = listener
+    notifier = Notifier({"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "200000"})
+    task = asyncio.create_task(notifier.watchdog())
+    got = await asyncio.to_thread(receive, sock, 0.55)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    notifier.close()
+    assert got.count("WATCHDOG=1") >= 4, got
+
+
+async def test_daemon_reports_ready_watchdog_and_stopping(
+        tmp_path: Path, listener: tuple[str, socket.socket]) -> None:
+    name, sock = listener
+    daemon = start_daemon(tmp_path, env={"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "500000"})
+    try:
+        got = await receive_until(sock, "READY=1", timeout=30)
+        ready = next(m for m in got if "READY=1" in m)
+        assert f"MAINPID={daemon.process.pid}" in ready
+        # READY=1 means: listening, database open, voices loaded.
+        async with aiohttp.ClientSession() as session:
+            async with session.get(daemon.url + "/readyz") as resp:
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["voices"] == 2
+        pings = await asyncio.to_thread(receive, sock, 0.8)
+        assert pings.count("WATCHDOG=1") >= 2, pings
+        # Workers must not inherit NOTIFY_SOCKET & co. (only the main process speaks to systemd).
+        async with aiohttp.ClientSession() as session:
+            token = await login(session, daemon.url, "admin", daemon.admin_password())
+            async with session.post(daemon.url + "/speech", headers=bearer(token),
+                                    json={"voice_id": "alba", "text": "Hi."}) as resp:
+                assert resp.status == 200
+                await resp.read()
+        workers = daemon.children()
+        assert workers
+        for pid in workers:
+            assert b"NOTIFY_SOCKET" not in Path(f"/proc/{pid}/environ").read_bytes()
+        daemon.signal(signal.SIGTERM)
+        await receive_until(sock, "STOPPING=1", timeout=10)
+        assert await daemon.wait(timeout=30) == 0
+    finally:
+        daemon.kill()
+
+
+def _unit() -> configparser.ConfigParser:
+    """idlakd.service, parsed (systemd units are close enough to INI for reading)."""
+    parser = configparser.ConfigParser(interpolation=None, strict=False, empty_lines_in_values=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(REPO / "idlakd.service")
+    return parser
+
+
+def test_unit_file_settings() -> None:
+    service = _unit()["Service"]
+    assert service["Type"] == "notify"
+    assert service["ExecStart"].endswith(" --config /etc/idlakd/idlakd.conf serve")
+    assert service["Restart"] == "on-failure"
+    assert service["WatchdogSec"] and service["User"] == "idlakd"
+    assert service["StateDirectory"] == "idlakd" and service["ConfigurationDirectory"] == "idlakd"
+    for option, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"),
+                          ("ProtectHome", "yes"), ("PrivateTmp", "yes"), ("PrivateDevices", "yes"),
+                          ("SystemCallFilter", "@system-service"), ("CapabilityBoundingSet", ""),
+                          ("MemoryDenyWriteExecute", "yes")]:
+        assert service[option] == value, option
+    assert set(service["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    # Room for the grace period: systemd must not SIGKILL while streams are finishing.
+    assert int(service["TimeoutStopSec"]) > 2 * 30
+    assert _unit()["Install"]["WantedBy"] == "multi-user.target"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_file_verifies(tmp_path: Path) -> None:
+    # verify insists the binary exists; point ExecStart at one that does, change nothing else.
+    text = (REPO / "idlakd.service").read_text().replace("/opt/idlakd/bin/idlakd", sys.executable)
+    unit = tmp_path / "idlakd.service"
+    unit.write_text(text)
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+
+ESPEAK_UNDER_MDWE = r"""
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+    print("no-mdwe"); sys.exit(0)
+from idlakd.synth.engines import load_engine
+engine = load_engine("espeak", "", {"voice": "en-gb"}, None)
+pcm = b"".join(engine.synthesize("Hello from a write-xor-execute process.", False))
+engine.close()
+print("pcm", len(pcm))
+"""
+
+
+def test_espeak_works_with_memory_deny_write_execute() -> None:
+    """MemoryDenyWriteExecute=yes: eSpeak's ctypes callback must not need W+X memory."""
+    proc = subprocess.run([sys.executable, "-c", ESPEAK_UNDER_MDWE], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    if proc.stdout.strip() == "no-mdwe":
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
+    assert proc.returncode == 0, proc.stderr
+    words = proc.stdout.split()
+    assert words[0] == "pcm" and int(words[1]) > 10000, proc.stdout
