@@ -8,7 +8,8 @@ import time
 from typing import Any, Final, Iterator, Mapping
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -261,8 +262,10 @@ async def metrics_handler(request: web.Request) -> web.Response:
     """GET /metrics: the Prometheus text format (loopback only when metrics_local_only)."""
     if request.app[config_key].metrics_local_only and not is_local(request):
         raise Forbidden("Metrics are served to local addresses only")
-    body = generate_latest(request.app[metrics_key].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    # Negotiated: Prometheus 2 gets text 0.0.4, a scraper asking for OpenMetrics gets that.
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encoder(request.app[metrics_key].registry)
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 def setup_metrics(app: web.Application) -> None:
