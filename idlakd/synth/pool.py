@@ -269,8 +269,9 @@ class Worker:
                 async with asyncio.timeout(wait):
                     await process.wait()
             except TimeoutError:
-                log.warning("Worker %s (pid %d) did not stop within %g s", self.name,
-                            process.pid, wait)
+                # Expected for a busy worker (it reads stdin only between chunks).
+                log.debug("Worker %s (pid %d) did not stop within %g s", self.name,
+                          process.pid, wait)
         await process.wait()
         # A grandchild may still hold stderr open: do not wait for its EOF forever.
         with contextlib.suppress(TimeoutError):
@@ -313,6 +314,11 @@ class VoicePool:
     def worker_pids(self) -> list[int]:
         """Process ids of this pool's workers (for tests and the admin page)."""
         return [w.pid for w in self._workers]
+
+    @property
+    def busy_pids(self) -> list[int]:
+        """Process ids of workers checked out for a chunk right now."""
+        return [w.pid for w in self._workers if w not in self._idle]
 
     def stats(self) -> dict[str, Any]:
         """Counters for the admin page and metrics."""

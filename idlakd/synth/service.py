@@ -113,6 +113,11 @@ class SynthService:
         pids = [pid for pool in [*self._pools.values(), *self._retired] for pid in pool.worker_pids]
         return pids + [t.pid for t in self._transcoders]
 
+    def busy_pids(self) -> list[int]:
+        """Process ids of workers mid-chunk and of running ffmpegs."""
+        pids = [pid for pool in [*self._pools.values(), *self._retired] for pid in pool.busy_pids]
+        return pids + [t.pid for t in self._transcoders]
+
     def stats(self) -> dict[str, Any]:
         """Per-voice workers busy/idle, queue length, syntheses and errors (admin page, metrics)."""
         return {
@@ -167,20 +172,23 @@ class SynthService:
         try:
             return await work
         except asyncio.CancelledError:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                self.disconnects += 1
+                log.info("Client went away during /speech (voice %s); its synthesis stopped",
+                         voice.id)
             task = asyncio.current_task()
             if task is not None and task.cancelling():
-                raise  # the handler itself was cancelled (server side)
-            # The watcher cancelled the work: the client went away.
-            self.disconnects += 1
-            log.info("Client went away during /speech (voice %s); its synthesis stopped", voice.id)
+                # The handler itself was cancelled (handler_cancellation, or shutdown).
+                raise
+            # The watcher cancelled the work: nothing more to send.
             return response
         finally:
             watcher.cancel()
-            if not work.done():
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([work])
-            admission.release()
+            try:
+                await _cancel_and_wait(work)
+            finally:
+                admission.release()
 
     async def _watch_client(self, request: web.Request, work: asyncio.Task[Any]) -> None:
         """Cancel the work (stopping its workers and ffmpeg) as soon as the client disconnects."""
@@ -188,7 +196,8 @@ class SynthService:
             await asyncio.sleep(DISCONNECT_POLL_SECONDS)
             transport = request.transport
             if transport is None or transport.is_closing():
-                work.cancel()
+                if not work.cancelling():
+                    work.cancel()
                 return
 
     async def _serve(self, request: web.Request, response: web.StreamResponse, pool: VoicePool,
@@ -259,10 +268,12 @@ class SynthService:
                 pending.pop(0)
                 yield result
         finally:
+            # Cancel all before waiting for any: a worker freed by one must not
+            # be picked up by the next pending chunk.
             for task in pending:
                 task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            for task in pending:
+                await _cancel_and_wait(task)
 
     async def _send_stream(self, response: web.StreamResponse, rate: int, first: bytes,
                            pieces: AsyncIterator[tuple[int, bytes]], audio_format: str,
@@ -299,8 +310,10 @@ class SynthService:
                 raise
             await feeder
         finally:
-            await self._stop_feeder(feeder)
-            await self._stop_transcoder(transcoder)
+            try:
+                await self._stop_feeder(feeder)
+            finally:
+                await self._stop_transcoder(transcoder)
 
     async def _feed(self, transcoder: Transcoder, rate: int, first: bytes,
                     pieces: AsyncIterator[tuple[int, bytes]]) -> None:
@@ -319,9 +332,7 @@ class SynthService:
     @staticmethod
     async def _stop_feeder(feeder: asyncio.Task[None]) -> None:
         """Cancel the feeder if still running and wait for it (its error was handled by the reader)."""
-        if not feeder.done():
-            feeder.cancel()
-        await asyncio.wait([feeder])
+        await _cancel_and_wait(feeder)
         if not feeder.cancelled():
             feeder.exception()  # retrieved, so asyncio does not log it again
 
@@ -398,3 +409,21 @@ async def _next_pcm(pieces: AsyncIterator[tuple[int, bytes]], rate: int) -> byte
     if next_rate != rate:
         raise SynthesisError(f"sample rate changed mid-utterance ({rate} -> {next_rate} Hz)")
     return pcm
+
+
+async def _cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel task (once) and wait until it has really ended, even if the caller is cancelled meanwhile."""
+    if not task.done() and not task.cancelling():
+        task.cancel()
+    interrupted = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            # Cleanup must finish (the task is stopping its subprocesses);
+            # the caller's cancellation is raised right after.
+            interrupted = True
+    if not task.cancelled():
+        task.exception()  # retrieved: the caller already handled or reported it
+    if interrupted:
+        raise asyncio.CancelledError
