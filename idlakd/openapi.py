@@ -15,7 +15,7 @@ from idlakd.auth import (ADMIN_REQUIRED, EXPIRED_TOKEN, INVALID_TOKEN, LOGIN_INC
                          MISSING_HEADER, NO_SUCH_USER)
 from idlakd.docs_page import DOCS_HTML, DOCS_SCRIPT
 from idlakd.synth.transcode import CONTENT_TYPES, FORMATS
-from idlakd.validation import INVALID_JSON, MISSING, NOT_OBJECT
+from idlakd.validation import INVALID_JSON, MISSING, NOT_OBJECT, NOT_STRING
 
 JSON: Final = "application/json"
 
@@ -28,9 +28,12 @@ def _error(description: str, *messages: str) -> dict[str, Any]:
     return {"description": description, "content": {JSON: content}}
 
 
-def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """A 200 JSON response with this schema."""
-    return {"description": description, "content": {JSON: {"schema": schema}}}
+def _ok(description: str, schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
+    """A 200 JSON response with this schema (and an example body)."""
+    content: dict[str, Any] = {"schema": schema}
+    if example is not None:
+        content["example"] = example
+    return {"description": description, "content": {JSON: content}}
 
 
 def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
@@ -106,13 +109,14 @@ def build_spec() -> dict[str, Any]:
                 "400": BAD_JSON,
                 "401": _error("Wrong uid or password (same answer and timing)", LOGIN_INCORRECT),
                 "413": TOO_LARGE,
-                "422": _error("Missing field", f"uid: {MISSING}", f"password: {MISSING}", NOT_OBJECT),
+                "422": _error("Missing or mistyped field", f"uid: {MISSING}", f"password: {MISSING}",
+                              f"uid: {NOT_STRING}", NOT_OBJECT),
                 "429": _error("Too many failed logins for this uid or address (see Retry-After)"),
             })},
         "/auth/expire": {"post": _op(
             "Revoke the presented token until its own expiry (survives restarts)", tag="auth",
             security=True, responses={
-                "200": _ok("Revoked", REF_MESSAGE),
+                "200": _ok("Revoked", REF_MESSAGE, {"message": "The token has been manually expired."}),
                 "401": USER_401,
             })},
         "/auth/password": {"post": _op(
@@ -120,7 +124,7 @@ def build_spec() -> dict[str, Any]:
             body=_body(_obj({"old_password": STR, "new_password": STR},
                             ["old_password", "new_password"])),
             responses={
-                "200": _ok("Changed", REF_MESSAGE),
+                "200": _ok("Changed", REF_MESSAGE, {"message": "Password has been changed."}),
                 "400": BAD_JSON,
                 "401": USER_401,
                 "413": TOO_LARGE,
@@ -157,7 +161,7 @@ def build_spec() -> dict[str, Any]:
         "/users/{uid}": {"delete": _op(
             "Delete a user (never the last admin)", tag="users", security=True,
             params=[UID_PARAM], responses={
-                "200": _ok("Deleted", REF_MESSAGE),
+                "200": _ok("Deleted", REF_MESSAGE, {"message": "User 'alice' has been deleted"}),
                 "401": ADMIN_401,
                 "422": _error("Unknown user or the last admin", "User does not exist", ONLY_ADMIN),
             })},
