@@ -10,7 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=["idlakd", "idlakd.api", "idlakd.synth", "idlakd.synth.engines", "idlakd.templates"],
+    packages=["idlakd", "idlakd.admin", "idlakd.api", "idlakd.synth", "idlakd.synth.engines",
+              "idlakd.templates"],
     # The admin page's templates live at the top level (templates/) and ship inside the package.
     package_dir={"idlakd.templates": "templates"},
     package_data={"idlakd.templates": ["*.html", "*.css", "*.js"]},
@@ -31,6 +32,8 @@ setup(
             "pytest-aiohttp>=1.1",
             "pytest-asyncio>=0.23",
             "hypothesis>=6.100",
+            # Browser tests of the admin page; they drive Debian's chromium (no browser download).
+            "playwright>=1.40",
         ],
     },
     entry_points={"console_scripts": ["idlakd = idlakd.cli:main"]},
