@@ -316,3 +316,57 @@ async def test_changed_voice_retires_its_old_workers(serve: ServeFactory, tmp_pa
     assert response.status == 200
     assert await wait_gone(old, 3) == set()
     assert service.stats()["voices"]["ver"]["version"] == changed.version
+
+
+async def test_client_disconnect_without_handler_cancellation(tmp_path: Path) -> None:
+    """As under run_app (handler_cancellation off): the service notices the hang-up by itself."""
+    voice = standin(tmp_path, "runapp", delay_per_sentence=1)
+    service = SynthService(load_config(env={}, overrides={
+        "state_dir": str(tmp_path / "state"), "idlak_root": str(STANDIN_ROOT),
+        "workers_per_voice": "2"}))
+    app = web.Application(middlewares=[error_middleware])
+    app[service_key] = service
+    app[voices_key] = {voice.id: voice}
+    app.router.add_post("/speech", speech)
+    runner = web.AppRunner(app, handler_cancellation=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    await service.start()
+    try:
+        host, port = runner.addresses[0][:2]
+        async with aiohttp.ClientSession() as session:
+            response = await session.post(f"http://{host}:{port}/speech", json={
+                "voice": voice.id, "text": " ".join(f"Sentence {n}." for n in range(8)),
+                "format": "mp3"})
+            assert response.status == 200
+            await response.content.readany()
+            working = set(service.busy_pids())
+            assert len(working) == 3  # two workers and ffmpeg
+            response.close()
+            assert await wait_gone(working, 1.2) == set()
+            for _ in range(50):
+                if not service.busy_pids() and service.stats()["disconnects"]:
+                    break
+                await asyncio.sleep(0.02)
+            assert service.busy_pids() == [] and service.stats()["disconnects"] == 1
+    finally:
+        await service.close()
+        await runner.cleanup()
+    assert await wait_gone(child_pids(), 3) == set()
+
+
+async def test_missing_ffmpeg_is_a_clean_error_and_wav_still_works(serve: ServeFactory) -> None:
+    """ffmpeg that cannot start fails ogg before the status line; wav does not need it."""
+    client, service = await serve(ESPEAK, ffmpeg="/nonexistent/ffmpeg")
+    for stream in (True, False):
+        response, _body = await post(client, ESPEAK, "Hello.", format="ogg", stream=stream)
+        assert response.status == 500
+        assert await response.json() == {"message": "Speech synthesis failed"}
+    response, body = await post(client, ESPEAK, "Hello.")
+    assert response.status == 200 and parse(body)[1]
+    stats = service.stats()
+    assert stats["failures"] == 2 and stats["transcoders"] == 0
+    assert stats["syntheses"] == 3 and stats["audio_seconds"] > 0 and stats["synthesis_seconds"] > 0
+    voice_stats = stats["voices"]["en"]
+    assert {"busy", "idle", "workers", "syntheses", "errors"} <= set(voice_stats)

@@ -303,6 +303,8 @@ class VoicePool:
         self.retired = False
         self.syntheses = 0
         self.errors = 0
+        self.synthesis_seconds = 0.0
+        self.audio_seconds = 0.0
         self.sample_rate: int | None = None
 
     @property
@@ -330,6 +332,8 @@ class VoicePool:
             "idle": len(self._idle),
             "syntheses": self.syntheses,
             "errors": self.errors,
+            "synthesis_seconds": round(self.synthesis_seconds, 3),
+            "audio_seconds": round(self.audio_seconds, 3),
             "retired": self.retired,
         }
 
@@ -371,11 +375,15 @@ class VoicePool:
             self._workers.add(worker)
             self.busy += 1
             keep = False
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             try:
-                result = await worker.synthesize(chunk, self._config.synthesis_timeout_seconds)
+                rate, pcm = await worker.synthesize(chunk, self._config.synthesis_timeout_seconds)
                 keep = True
                 self.syntheses += 1
-                return result
+                self.synthesis_seconds += loop.time() - started
+                self.audio_seconds += len(pcm) / 2 / rate
+                return rate, pcm
             except EngineFailed:
                 keep = True
                 self.errors += 1

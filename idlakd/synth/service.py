@@ -120,8 +120,12 @@ class SynthService:
 
     def stats(self) -> dict[str, Any]:
         """Per-voice workers busy/idle, queue length, syntheses and errors (admin page, metrics)."""
+        every_pool = [*self._pools.values(), *self._retired]
         return {
             "voices": {voice_id: pool.stats() for voice_id, pool in sorted(self._pools.items())},
+            "syntheses": sum(pool.syntheses for pool in every_pool),
+            "synthesis_seconds": round(sum(pool.synthesis_seconds for pool in every_pool), 3),
+            "audio_seconds": round(sum(pool.audio_seconds for pool in every_pool), 3),
             "retired_workers": sum(pool.worker_count for pool in self._retired),
             "queue": self._limiter.waiting,
             "running": self._limiter.running,
@@ -225,9 +229,22 @@ class SynthService:
                         log.error("Synthesis failed for voice %s: %s", pool.voice.id, exc)
                         raise APIError(SYNTHESIS_FAILED) from None
                 else:
-                    await response.prepare(request)
+                    transcoder: Transcoder | None = None
+                    if audio_format != "wav":
+                        try:
+                            transcoder = await self._start_transcoder(audio_format, rate)
+                        except TranscodeError as exc:
+                            self.failures += 1
+                            log.error("Cannot encode %s: %s", audio_format, exc)
+                            raise APIError(SYNTHESIS_FAILED) from None
                     try:
-                        await self._send_stream(response, rate, first, pieces, audio_format, writer)
+                        await response.prepare(request)
+                    except BaseException:
+                        if transcoder is not None:
+                            await self._stop_transcoder(transcoder)
+                        raise
+                    try:
+                        await self._send_stream(response, rate, first, pieces, transcoder, writer)
                     except (SynthesisError, TranscodeError) as exc:
                         self.failures += 1
                         log.error("Synthesis failed for voice %s mid-stream, aborting the "
@@ -276,10 +293,10 @@ class SynthService:
                 await _cancel_and_wait(task)
 
     async def _send_stream(self, response: web.StreamResponse, rate: int, first: bytes,
-                           pieces: AsyncIterator[tuple[int, bytes]], audio_format: str,
+                           pieces: AsyncIterator[tuple[int, bytes]], transcoder: Transcoder | None,
                            writer: CacheEntryWriter | None) -> None:
-        """Write audio to a prepared chunked response as each piece arrives."""
-        if audio_format == "wav":
+        """Write audio to a prepared chunked response as each piece arrives (through ffmpeg if given)."""
+        if transcoder is None:
             await response.write(wav.streaming_header(rate))
             if writer is not None:
                 await writer.write(wav.exact_header(rate, 0))
@@ -295,7 +312,6 @@ class SynthService:
             if writer is not None:
                 await writer.write_at(0, wav.exact_header(rate, data_bytes))
             return
-        transcoder = await self._start_transcoder(audio_format, rate)
         feeder = asyncio.create_task(self._feed(transcoder, rate, first, pieces))
         try:
             try:
