@@ -72,3 +72,7 @@ class ServiceUnavailable(APIError):
 
 class StoreError(Exception):
     """The database could not do what was asked (locked too long, corrupt ...)."""
+
+
+class DatabaseBusy(StoreError, ServiceUnavailable):
+    """Another writer (the CLI) held the database past busy_timeout: 503 to clients, an error to the CLI."""

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Final, Iterable
 import aiosqlite
 from contextlib import asynccontextmanager
 
-from idlakd.errors import StoreError
+from idlakd.errors import DatabaseBusy, StoreError
 from idlakd.models import User, Voice
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        # Reads use their own connection: they never queue behind a write waiting for the lock.
+        self._reader: aiosqlite.Connection | None = None
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -78,6 +80,13 @@ class Store:
         if self._db is None:
             raise StoreError("store is not open")
         return self._db
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        """The read-only connection (WAL: reads see every committed write, never wait for one)."""
+        if self._reader is None:
+            raise StoreError("store is not open")
+        return self._reader
 
     async def open(self) -> None:
         """Open (creating with owner-only permissions) and migrate the database."""
@@ -93,12 +102,18 @@ class Store:
             await self._db.execute("PRAGMA synchronous = NORMAL")
             await self._db.execute("PRAGMA foreign_keys = ON")
             await self._migrate()
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await self._reader.execute("PRAGMA query_only = ON")
         except sqlite3.DatabaseError as exc:
             await self.close()
             raise StoreError(f"database {self.path}: {exc}") from exc
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await reader.close()
         if self._db is not None:
             db, self._db = self._db, None
             await db.close()
@@ -115,7 +130,12 @@ class Store:
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         """A short write transaction taken with BEGIN IMMEDIATE (one writer at a time)."""
         db = self.db
-        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:  # another writer held the lock past busy_timeout
+            log.warning("Database %s still locked by another writer after %d ms: %s",
+                        self.path, BUSY_TIMEOUT_MS, exc)
+            raise DatabaseBusy() from exc
         try:
             yield db
         except BaseException:
@@ -143,33 +163,33 @@ class Store:
 
     async def ping(self) -> None:
         """Run a trivial query (readiness check)."""
-        async with self.db.execute("SELECT 1") as cur:
+        async with self.reader.execute("SELECT 1") as cur:
             await cur.fetchone()
 
     # Users
 
     async def count_users(self) -> int:
         """How many users exist."""
-        async with self.db.execute("SELECT COUNT(*) FROM users") as cur:
+        async with self.reader.execute("SELECT COUNT(*) FROM users") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
     async def list_users(self) -> list[User]:
         """Every user, in creation order."""
-        async with self.db.execute(
+        async with self.reader.execute(
                 "SELECT uid, admin FROM users ORDER BY created_at, rowid") as cur:
             rows = await cur.fetchall()
         return [User(uid=r[0], admin=bool(r[1])) for r in rows]
 
     async def get_user(self, uid: str) -> User | None:
         """The user with this uid, or None."""
-        async with self.db.execute("SELECT uid, admin FROM users WHERE uid = ?", (uid,)) as cur:
+        async with self.reader.execute("SELECT uid, admin FROM users WHERE uid = ?", (uid,)) as cur:
             row = await cur.fetchone()
         return User(uid=row[0], admin=bool(row[1])) if row else None
 
     async def get_password_hash(self, uid: str) -> bytes | None:
         """The stored bcrypt hash of this user, or None."""
-        async with self.db.execute(
+        async with self.reader.execute(
                 "SELECT password_hash FROM users WHERE uid = ?", (uid,)) as cur:
             row = await cur.fetchone()
         return bytes(row[0]) if row else None
@@ -229,7 +249,7 @@ class Store:
 
     async def token_state(self, jti: str, uid: str) -> tuple[bool, User | None]:
         """In one query: is this token revoked, and the user it names (or None)."""
-        async with self.db.execute(
+        async with self.reader.execute(
             "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?), "
             "(SELECT admin FROM users WHERE uid = ?), "
             "EXISTS (SELECT 1 FROM users WHERE uid = ?)",
@@ -259,28 +279,28 @@ class Store:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        async with self.db.execute(
+        async with self.reader.execute(
                 f"SELECT {_VOICE_COLUMNS} FROM voices{where} ORDER BY id", params) as cur:
             rows = await cur.fetchall()
         return [_voice(r) for r in rows]
 
     async def get_voice(self, voice_id: str) -> Voice | None:
         """The voice with this id, or None."""
-        async with self.db.execute(
+        async with self.reader.execute(
                 f"SELECT {_VOICE_COLUMNS} FROM voices WHERE id = ?", (voice_id,)) as cur:
             row = await cur.fetchone()
         return _voice(row) if row else None
 
     async def languages(self) -> list[str]:
         """Distinct languages of all voices, sorted."""
-        async with self.db.execute(
+        async with self.reader.execute(
                 "SELECT DISTINCT language FROM voices ORDER BY language") as cur:
             rows = await cur.fetchall()
         return [r[0] for r in rows]
 
     async def accents(self, language: str) -> list[str]:
         """Distinct accents of one language, sorted."""
-        async with self.db.execute(
+        async with self.reader.execute(
                 "SELECT DISTINCT accent FROM voices WHERE language = ? ORDER BY accent",
                 (language,)) as cur:
             rows = await cur.fetchall()
