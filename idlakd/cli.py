@@ -41,8 +41,10 @@ def setup_logging(config: Config) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.log_level)
-    # aiohttp's own access logger duplicates ours.
+    # aiohttp's own access logger duplicates ours (and would log query strings).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # At DEBUG aiosqlite logs every statement with its parameters: password hashes, token ids.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
 
 
 def serve(config: Config) -> int:

@@ -71,6 +71,10 @@ async def test_stream_started_before_the_signal_completes(tmp_path: Path, signum
         log = daemon.log()
         assert f"{signum.name} received" in log and "idlakd stopped" in log
         assert "Traceback" not in log
+        # The real daemon's log (stderr, as under journald): nothing secret in it either.
+        for secret in (token, *token.split("."), daemon.admin_password(), FOUR_SENTENCES[:20]):
+            assert secret not in log
+        assert log.count('"POST /speech" 200') == 1 and "uid=admin" in log
     finally:
         daemon.kill()
 

@@ -1,0 +1,187 @@
+"""Logs: one access line per request, nothing secret anywhere in them; stderr or a rotating file."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.handlers
+import re
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from conftest import bearer, login, make_config
+
+from idlakd.cli import LOG_FORMAT, setup_logging
+from idlakd.http import AccessLogger
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+class Collect(logging.Handler):
+    """Keeps every record, formatted exactly as the daemon's handler would write it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter(LOG_FORMAT))
+        self.lines: list[str] = []
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Format and keep the record."""
+        self.records.append(record)
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def collected() -> Iterator[Collect]:
+    """Everything logged at any level while the test runs (also by aiohttp and asyncio)."""
+    root = logging.getLogger()
+    handler = Collect()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+@pytest.fixture
+async def logged_client(collected: Collect, aiohttp_client: ClientFactory, app: web.Application,
+                        capsys: pytest.CaptureFixture[str]) -> TestClient[Any, Any]:
+    """The app served with the daemon's access logger, while everything is collected."""
+    server = TestServer(app)
+    # start_server's arguments reach the AppRunner, like the daemon's own (see idlakd.daemon).
+    await server.start_server(access_log_class=AccessLogger,
+                              access_log=logging.getLogger("idlakd.access"))
+    return await aiohttp_client(server)
+
+
+async def test_nothing_secret_is_ever_logged(logged_client: TestClient[Any, Any], collected: Collect,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    client = logged_client
+    secrets: list[str] = []
+    requests = 0
+
+    async def call(method: str, path: str, expect: int, **kwargs: Any) -> Any:
+        nonlocal requests
+        requests += 1
+        resp = await client.request(method, path, **kwargs)
+        body = await resp.read()
+        assert resp.status == expect, body[:300]
+        return await resp.json() if resp.content_type == "application/json" else body
+
+    async def login(uid: str, password: str) -> str:
+        token: str = (await call("POST", "/auth", 200, json={"uid": uid, "password": password}))["access_token"]
+        secrets.append(token)
+        return token
+
+    admin_password = re.search(r"<User admin:([^:]+):True>", capsys.readouterr().out)
+    assert admin_password
+    secrets.append(admin_password.group(1))
+    admin = await login("admin", admin_password.group(1))
+
+    bob_password = (await call("POST", "/users", 200, json={"uid": "bob"}, headers=bearer(admin)))["password"]
+    other = await call("POST", "/users", 200, json={"admin": True}, headers=bearer(admin))
+    secrets += [bob_password, other["password"]]
+    await login("bob", bob_password)
+    await login(other["uid"], other["password"])
+    reset = (await call("POST", "/users/bob/password", 200, headers=bearer(admin)))["password"]
+    secrets.append(reset)
+    await call("POST", "/auth", 401, json={"uid": "bob", "password": bob_password})
+    bob = await login("bob", reset)
+    chosen = "Correct-Horse-Battery-Staple-42"
+    secrets.append(chosen)
+    await call("POST", "/auth/password", 200, headers=bearer(bob),
+               json={"old_password": reset, "new_password": chosen})
+    await call("POST", "/auth/password", 422, headers=bearer(bob),
+               json={"old_password": "Not-Bobs-0ld-Password", "new_password": "Another-Long-0ne"})
+    secrets += ["Not-Bobs-0ld-Password", "Another-Long-0ne"]
+    bob = await login("bob", chosen)
+
+    # Failures must not leak either: wrong password, broken JSON around a password, forged tokens.
+    secrets += ["Wr0ng-Pa55word-for-grep", "BrokenJsonSecret-77", "forged.token.value-xyz"]
+    await call("POST", "/auth", 401, json={"uid": "admin", "password": "Wr0ng-Pa55word-for-grep"})
+    await call("POST", "/auth", 401, json={"uid": "nobody", "password": "Wr0ng-Pa55word-for-grep"})
+    await call("POST", "/auth", 400, data=b'{"uid": "admin", "password": "BrokenJsonSecret-77"',
+               headers={"Content-Type": "application/json"})
+    await call("GET", "/users", 401, headers=bearer("forged.token.value-xyz"))
+    await call("GET", "/users", 401, headers={"Authorization": "forged.token.value-xyz"})
+    await call("GET", f"/voices?access_token={admin}&password={chosen}", 200)
+
+    # Speech: the text is private too, also when it is refused.
+    text = "Quixotic zephyrs whisper confidential syllables."
+    secrets.append(text)
+    audio = await call("POST", "/speech", 200, headers=bearer(bob), json={"voice_id": "alba", "text": text})
+    assert audio[:4] == b"RIFF"
+    await call("POST", "/speech", 400, headers=bearer(bob),
+               json={"voice_id": "nobody", "text": "Unknown voice secret sentence."})
+    await call("POST", "/speech", 422, headers=bearer(bob),
+               json={"voice_id": "alba", "text": "Bad format secret sentence.", "audio_format": "flac"})
+    secrets += ["Unknown voice secret sentence.", "Bad format secret sentence."]
+
+    await call("POST", "/auth/expire", 200, headers=bearer(admin))
+    await call("GET", "/users", 401, headers=bearer(admin))
+    await call("DELETE", "/users/bob", 200, headers=bearer(await login("admin", admin_password.group(1))))
+
+    await asyncio.sleep(0.2)  # the last access line is written after its response
+    everything = "\n".join(collected.lines)
+    assert len(everything) > 1000
+    for secret in secrets:
+        assert secret not in everything, f"a secret was logged: {secret[:12]}..."
+        if secret.count(".") == 2 and secret.startswith("ey"):  # a JWT: no part of it either
+            for part in secret.split("."):
+                assert part not in everything
+    access = [r for r in collected.records if r.name == "idlakd.access"]
+    assert len(access) == requests, "exactly one access line per request"
+
+
+async def test_access_line_fields(logged_client: TestClient[Any, Any], collected: Collect,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    password = re.search(r"<User admin:([^:]+):True>", capsys.readouterr().out)
+    assert password
+    admin_token = await login(logged_client, "admin", password.group(1))
+    collected.lines.clear()
+    collected.records.clear()
+    resp = await logged_client.get("/users", headers={**bearer(admin_token), "X-Request-Id": "req-42"})
+    assert resp.status == 200
+    await resp.read()
+    await asyncio.sleep(0.1)
+    [line] = [r.getMessage() for r in collected.records if r.name == "idlakd.access"]
+    assert re.fullmatch(r'127\.0\.0\.1 "GET /users" 200 \d+B \d+\.\dms rid=req-42 uid=admin', line), line
+
+
+def test_logging_to_stderr_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging(make_config(tmp_path, log_level="WARNING"))
+        [handler] = root.handlers
+        assert isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr
+        assert root.level == logging.WARNING
+        assert logging.getLogger("aiohttp.access").getEffectiveLevel() >= logging.WARNING
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+
+
+def test_logging_to_a_rotating_file(tmp_path: Path) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    log_file = tmp_path / "logs" / "idlakd.log"
+    try:
+        setup_logging(make_config(tmp_path, log_file=str(log_file), log_level="DEBUG"))
+        [handler] = root.handlers
+        assert isinstance(handler, logging.handlers.RotatingFileHandler)
+        assert handler.maxBytes > 0 and handler.backupCount > 0
+        logging.getLogger("idlakd.test").info("a line for %s", "the file")
+        handler.flush()
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    assert "INFO idlakd.test: a line for the file" in log_file.read_text()
