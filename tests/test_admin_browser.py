@@ -244,21 +244,21 @@ def test_user_lifecycle(page: Any, server: Server) -> None:
     page.reload()
     assert page.locator(".secret-value").count() == 0
 
-    row(page, "carol").get_by_role("button", name="Reset the password of carol").click()
+    row(page, "carol").get_by_role("button", name="Reset password (user carol)").click()
     new_password = one_time_password(page)
     assert new_password != password
     assert server.token("carol", password) is None
     assert server.token("carol", new_password) is not None
 
-    row(page, "carol").get_by_role("button", name="Make an admin of carol").click()
+    row(page, "carol").get_by_role("button", name="Make admin (user carol)").click()
     assert page.get_by_role("status").inner_text() == "'carol' is now an admin."
     assert row(page, "carol").locator("td.admin").inner_text() == "yes"
     status, users = server.api("GET", "/users", token=server.token("carol", new_password))
     assert status == 200 and {"id": "carol", "admin": True} in users["users"]
-    row(page, "carol").get_by_role("button", name="Remove admin rights of carol").click()
+    row(page, "carol").get_by_role("button", name="Remove admin (user carol)").click()
     assert row(page, "carol").locator("td.admin").inner_text() == "no"
 
-    row(page, "carol").get_by_role("link", name="Delete carol").click()
+    row(page, "carol").get_by_role("link", name="Delete… (user carol)").click()
     assert page.get_by_role("heading", name="Delete user 'carol'?").is_visible()
     shot(page, "users-confirm-delete")
     page.get_by_role("button", name="Delete user 'carol'").click()
@@ -270,9 +270,9 @@ def test_user_lifecycle(page: Any, server: Server) -> None:
 def test_last_admin_and_non_admin_are_refused(page: Any, server: Server) -> None:
     sign_in(page, server)
     page.goto(server.url + "/admin/users")
-    row(page, "admin").get_by_role("button", name="Remove admin rights of admin").click()
+    row(page, "admin").get_by_role("button", name="Remove admin (user admin)").click()
     assert page.get_by_role("alert").inner_text() == ONLY_ADMIN
-    row(page, "admin").get_by_role("link", name="Delete admin").click()
+    row(page, "admin").get_by_role("link", name="Delete… (user admin)").click()
     page.get_by_role("button", name="Delete user 'admin'").click()
     assert page.get_by_role("alert").inner_text() == ONLY_ADMIN
     assert row(page, "admin").locator("td.admin").inner_text() == "yes"
@@ -297,7 +297,7 @@ def test_xss_is_shown_as_text(page: Any, server: Server) -> None:
     assert page.get_by_role("status").locator("p").first.inner_text() == \
         f"Created user '{evil}'."
     # The page fixture fails the test if a dialog opened or a script error happened.
-    row(page, evil).get_by_role("link", name=f"Delete {evil}").click()
+    row(page, evil).get_by_role("link", name=f"Delete… (user {evil})").click()
     page.get_by_role("button", name=f"Delete user '{evil}'").click()
     assert page.get_by_role("status").inner_text() == f"User '{evil}' has been deleted"
 

@@ -11,7 +11,7 @@ import jinja2
 from aiohttp import web
 
 from idlakd.admin import views
-from idlakd.admin.session import Flashes
+from idlakd.admin.session import SESSION_COOKIE, Flashes, clear_cookie
 from idlakd.errors import APIError
 from idlakd.http import HTTP_MESSAGES, Handler
 from idlakd.keys import admin_flashes_key, request_id_key
@@ -73,7 +73,7 @@ def sign_in_redirect(request: web.Request, reason: str | None) -> web.Response:
     location = f"{PREFIX}/login" + (f"?m={reason}" if reason else "")
     response = web.Response(status=303, headers={"Location": location})
     if reason:
-        views.clear_cookie(request, response, views.SESSION_COOKIE)
+        clear_cookie(request, response, SESSION_COOKIE)
     return response
 
 
@@ -95,7 +95,11 @@ async def admin_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         message = (f"Request body is too large: the limit is {request.client_max_size} bytes"
                    if exc.status == 413 else HTTP_MESSAGES.get(exc.status, exc.reason))
-        return error_page(request, exc.status, message)
+        response = error_page(request, exc.status, message)
+        for name in ("Allow", "Retry-After"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
