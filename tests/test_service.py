@@ -370,3 +370,21 @@ async def test_missing_ffmpeg_is_a_clean_error_and_wav_still_works(serve: ServeF
     assert stats["syntheses"] == 3 and stats["audio_seconds"] > 0 and stats["synthesis_seconds"] > 0
     voice_stats = stats["voices"]["en"]
     assert {"busy", "idle", "workers", "syntheses", "errors"} <= set(voice_stats)
+
+
+async def test_close_during_a_stream_aborts_it_and_leaves_nothing(
+        serve: ServeFactory, tmp_path: Path) -> None:
+    """Shutdown mid-stream: the response is cut, every worker stopped, none started after."""
+    voice = standin(tmp_path, "shut", delay_per_sentence=0.5)
+    client, service = await serve(voice)
+    response = await client.post("/speech", json={
+        "voice": voice.id, "text": " ".join(f"Sentence {n}." for n in range(8))})
+    assert response.status == 200
+    await response.content.readany()
+    await service.close()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await response.read()
+    assert await wait_gone(child_pids(), 1.5) == set()
+    assert service.worker_pids() == []
+    refused, _body = await post(client, voice, "After close.")
+    assert refused.status == 503

@@ -301,6 +301,7 @@ class VoicePool:
         self._names = itertools.count(1)
         self.busy = 0
         self.retired = False
+        self._closed = False
         self.syntheses = 0
         self.errors = 0
         self.synthesis_seconds = 0.0
@@ -365,6 +366,9 @@ class VoicePool:
     async def synthesize(self, chunk: Chunk, admission: Admission | None = None) -> tuple[int, bytes]:
         """Synthesise one chunk on a checked-out worker; raises SynthesisError."""
         async with self._capacity, self._limiter.slot(admission):
+            if self._closed:
+                # Shutting down: no new worker may outlive close().
+                raise WorkerFailed(f"voice {self.voice.id}: the service is stopping")
             worker = self._take_idle()
             if worker is None:
                 try:
@@ -372,6 +376,9 @@ class VoicePool:
                 except WorkerFailed:
                     self.errors += 1
                     raise
+                if self._closed:
+                    await asyncio.shield(self._discard(worker))
+                    raise WorkerFailed(f"voice {self.voice.id}: the service is stopping")
             self._workers.add(worker)
             self.busy += 1
             keep = False
@@ -417,8 +424,9 @@ class VoicePool:
             self._discard(worker, IDLE_STOP_GRACE)
 
     async def close(self) -> None:
-        """Stop every worker, busy ones included."""
+        """Stop every worker, busy ones included; no new one starts afterwards."""
         self.retired = True
+        self._closed = True
         tasks = [self._discard(worker, IDLE_STOP_GRACE if worker in self._idle else BUSY_STOP_GRACE)
                  for worker in list(self._workers | set(self._idle))]
         if tasks:
