@@ -173,8 +173,16 @@ def page(browser: Any, server: Server) -> Iterator[Any]:
     assert not errors, errors
 
 
+UNLABELLED_JS = """() => [...document.querySelectorAll(
+    'input:not([type=hidden]), select, textarea, button, audio, a')]
+  .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                && !el.textContent.trim())
+  .map(el => el.outerHTML)"""
+
+
 def shot(page: Any, name: str) -> None:
-    """Save a full-page screenshot for the README and for humans reading CI output."""
+    """Save a full-page screenshot (README, CI output); every control there must be labelled."""
+    assert page.evaluate(UNLABELLED_JS) == [], f"unlabelled controls on {name}"
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
@@ -327,6 +335,11 @@ def test_forged_post_is_refused(page: Any, server: Server) -> None:
         assert pool.submit(asyncio.run, forge()).result() == [403, 403, 403]
     page.goto(server.url + "/admin/users")
     assert row(page, "mallory").count() == 0
+    # Errors are pages with a message, never JSON or a traceback.
+    response = page.goto(server.url + "/admin/no-such-page")
+    assert response is not None and response.status == 404
+    assert "was not found" in page.get_by_role("alert").inner_text()
+    shot(page, "error")
 
 
 def play(page: Any, audio_format: str) -> float:

@@ -14,7 +14,7 @@ from idlakd.admin import views
 from idlakd.admin.session import SESSION_COOKIE, Flashes, clear_cookie
 from idlakd.errors import APIError
 from idlakd.http import HTTP_MESSAGES, Handler
-from idlakd.keys import admin_flashes_key, request_id_key
+from idlakd.keys import admin_flashes_key, request_id_key, runtime_key
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ def error_page(request: web.Request, status: int, message: str) -> web.Response:
     """An HTML page carrying an error message (never a traceback)."""
     return aiohttp_jinja2.render_template(
         "error.html", request, {"status": status, "message": message, "session": None,
-                                "flashes": [], "csrf": None, "version": ""}, status=status)
+                                "flashes": [], "csrf": None,
+                                "version": request.app[runtime_key].version}, status=status)
 
 
 def sign_in_redirect(request: web.Request, reason: str | None) -> web.Response:
