@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import inspect
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Final, Mapping
 
 import aiohttp_jinja2
+import jinja2
 from aiohttp import web
 
 from idlakd.admin.session import (
@@ -40,6 +43,7 @@ LOGIN_MESSAGES: Final[Mapping[str, tuple[str, str]]] = {
 }
 STATIC_FILES: Final = frozenset({"admin.css", "admin.js"})
 VOICE_FIELDS: Final = ("id", "name", "gender", "engine", "dir", "lang", "acc", "options")
+_NONCE_RE: Final = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
 class SignInRequired(Exception):
@@ -58,8 +62,6 @@ class Forbidden(APIError):
 
 def templates_dir() -> Path:
     """The admin templates: the idlakd.templates package when installed, else ./templates."""
-    import importlib.util
-
     spec = importlib.util.find_spec("idlakd.templates")
     if spec is not None and spec.submodule_search_locations:
         return Path(list(spec.submodule_search_locations)[0])
@@ -126,7 +128,9 @@ def flash(request: web.Request, session: AdminSession, kind: str, text: str,
 def login_form(request: web.Request, message: tuple[str, str] | None = None, uid: str = "",
                status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     """The sign-in page, with a CSRF token bound to a nonce cookie."""
-    nonce = request.cookies.get(LOGIN_COOKIE) or login_nonce()
+    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    if not _NONCE_RE.match(nonce):
+        nonce = login_nonce()  # absent, or not one of ours: never echo odd text into a header
     response = render(request, "login.html", None, {
         "login_csrf": csrf_token(request.app[secret_key], f"login:{nonce}"),
         "message": message, "uid": uid}, status=status)
@@ -488,4 +492,8 @@ async def static(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     if name not in STATIC_FILES:
         raise NotFound("No such file")
-    return web.FileResponse(templates_dir() / name, headers={"Cache-Control": "no-cache"})
+    loader = aiohttp_jinja2.get_env(request.app).loader
+    assert isinstance(loader, jinja2.FileSystemLoader)
+    # FileResponse reads the file in the executor, not on the loop.
+    return web.FileResponse(Path(loader.searchpath[0]) / name,
+                            headers={"Cache-Control": "no-cache"})
