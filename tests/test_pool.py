@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 from synth_helpers import STANDIN_ROOT, make_standin_voice
@@ -62,7 +62,7 @@ def espeak_voice() -> Voice:
     return Voice("en", "English", "en", "gb", "male", engine="espeak")
 
 
-def standin_voice(tmp_path: Path, name: str = "tst", **conf: object) -> Voice:
+def standin_voice(tmp_path: Path, name: str = "tst", **conf: Any) -> Voice:
     """A stand-in Idlak voice (tangle engine) with optional voice.conf extras."""
     directory = make_standin_voice(tmp_path / f"voice-{name}", spk=name, **conf)
     return Voice(name, name, "en", "ga", "female", engine="tangle", directory=str(directory))

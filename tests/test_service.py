@@ -34,7 +34,7 @@ ServeFactory = Callable[..., Awaitable[Served]]
 ESPEAK = Voice("en", "English", "en", "gb", "male", engine="espeak")
 
 
-def standin(tmp_path: Path, name: str, **conf: object) -> Voice:
+def standin(tmp_path: Path, name: str, **conf: Any) -> Voice:
     """A stand-in Idlak voice at 16 kHz (tangle engine)."""
     directory = make_standin_voice(tmp_path / f"voice-{name}", spk=name, srate=16000, **conf)
     return Voice(name, name, "en", "ga", "female", engine="tangle", directory=str(directory))
@@ -311,7 +311,8 @@ async def test_changed_voice_retires_its_old_workers(serve: ServeFactory, tmp_pa
     old = set(service.worker_pids())
     changed = Voice(voice.id, voice.name, "en", "ga", "female", engine="tangle",
                     directory=voice.directory, updated_at=1.0)
-    client.app[voices_key][voice.id] = changed  # type: ignore[union-attr]
+    assert client.app is not None
+    client.app[voices_key][voice.id] = changed
     response, _body = await post(client, changed, "After.")
     assert response.status == 200
     assert await wait_gone(old, 3) == set()

@@ -106,6 +106,12 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink()
 
 
+def _unlink_all(paths: list[Path]) -> None:
+    """Remove files that may already be gone."""
+    for path in paths:
+        _unlink_quietly(path)
+
+
 class AudioCache:
     """Finished audio files in one directory, evicted least-recently-used beyond max_bytes."""
 
@@ -221,7 +227,7 @@ class AudioCache:
                 victims.append(self.directory / key)
             if victims:
                 # A reader holding a victim open keeps reading it (POSIX unlink).
-                await asyncio.to_thread(lambda: [_unlink_quietly(p) for p in victims])
+                await asyncio.to_thread(_unlink_all, victims)
 
 
 async def read_block(handle: BinaryIO) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, AsyncIterator, Final
+from typing import Any, AsyncGenerator, AsyncIterator, Final
 
 from aiohttp import web
 
@@ -268,7 +268,7 @@ class SynthService:
                 await self._background.finish(writer.abort())
 
     async def _synthesise(self, pool: VoicePool, chunks: list[Chunk],
-                          admission: Admission) -> AsyncIterator[tuple[int, bytes]]:
+                          admission: Admission) -> AsyncGenerator[tuple[int, bytes], None]:
         """Yield each chunk's (rate, PCM) strictly in order while the next ones synthesise in parallel."""
         # Enough chunks in flight to keep every worker of the voice busy, plus
         # the one being written; a bound, so a long text never piles up audio.

@@ -30,7 +30,8 @@ def ffmpeg_executable(config: Config) -> str:
     """The configured ffmpeg, else the static binary shipped with imageio-ffmpeg."""
     if config.ffmpeg is not None:
         return str(config.ffmpeg)
-    import imageio_ffmpeg  # imported late: only needed when ogg/mp3 are asked for
+    # Imported late: only needed when ogg/mp3 are asked for.
+    import imageio_ffmpeg  # type: ignore[import-untyped]
 
     return str(imageio_ffmpeg.get_ffmpeg_exe())
 

@@ -66,7 +66,7 @@ def parse_wav(data: bytes) -> WavInfo:
         if chunk_id == b"fmt ":
             if size < 16 or body + 16 > len(data):
                 raise ValueError("short fmt chunk")
-            fmt = struct.unpack_from("<HHIxxxxxxH", data, body)  # type: ignore[assignment]
+            fmt = struct.unpack_from("<HHIxxxxxxH", data, body)
         elif chunk_id == b"data":
             if fmt is None:
                 raise ValueError("data chunk before fmt chunk")
