@@ -19,7 +19,8 @@ import jwt
 from aiohttp import web
 
 from idlakd.errors import Unauthorized
-from idlakd.keys import config_key, secret_key, store_key, token_key, user_id_key
+from idlakd.keys import (config_key, passwords_key, secret_key, store_key, throttle_key,
+                         token_key, user_id_key)
 from idlakd.models import User
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,20 @@ async def require_admin(request: web.Request) -> User:
     if not user.admin:
         raise Unauthorized(ADMIN_REQUIRED)
     return user
+
+
+async def verify_login(app: web.Application, uid: str, password: str, address: str) -> None:
+    """The one password check (API, password change, admin page): throttled, same cost for all.
+
+    Raises TooManyRequests while uid or address is throttled, Unauthorized when wrong.
+    """
+    throttle = app[throttle_key]
+    throttle.check(uid, address)
+    stored_hash = await app[store_key].get_password_hash(uid)
+    if not await app[passwords_key].check(password, stored_hash):
+        throttle.failed(uid, address)
+        raise Unauthorized(LOGIN_INCORRECT)
+    throttle.succeeded(uid)
 
 
 def token_lifetime_seconds(request: web.Request) -> int:

@@ -22,10 +22,10 @@ from idlakd.admin.session import (
 from idlakd.api import speech as speech_api
 from idlakd.api.users import (add_user, check_new_user, remove_user, reset_user_password,
                               toggle_user_admin)
-from idlakd.auth import ADMIN_REQUIRED, LOGIN_INCORRECT, token_lifetime_seconds
+from idlakd.auth import ADMIN_REQUIRED, token_lifetime_seconds, verify_login
 from idlakd.errors import APIError, NotFound, TooManyRequests, Unauthorized, Unprocessable
-from idlakd.keys import (admin_flashes_key, config_key, passwords_key, runtime_key, secret_key,
-                         store_key, synth_key, throttle_key, token_key, user_id_key)
+from idlakd.keys import (admin_flashes_key, config_key, runtime_key, secret_key,
+                         store_key, synth_key, token_key, user_id_key)
 from idlakd.models import ENGINES, GENDERS, Voice
 from idlakd.synth.transcode import FORMATS
 from idlakd.validation import Fields
@@ -162,20 +162,13 @@ async def login(request: web.Request) -> web.Response:
         return login_form(request, ("error", ", ".join(fields.errors)), uid=uid or "",
                           status=422)
     assert uid is not None and password is not None
-    address = request.remote or "unknown"
-    throttle = request.app[throttle_key]
-    store = request.app[store_key]
     try:
-        throttle.check(uid, address)
-    except TooManyRequests as exc:
-        return login_form(request, ("error", exc.message), uid=uid, status=429,
-                          headers=exc.headers)
-    if not await request.app[passwords_key].check(password, await store.get_password_hash(uid)):
-        throttle.failed(uid, address)
-        return login_form(request, ("error", LOGIN_INCORRECT), uid=uid, status=401)
-    throttle.succeeded(uid)
+        await verify_login(request.app, uid, password, request.remote or "unknown")
+    except (TooManyRequests, Unauthorized) as exc:
+        return login_form(request, ("error", exc.message), uid=uid, status=exc.status,
+                          headers={k: v for k, v in exc.headers.items() if k == "Retry-After"})
     request[user_id_key] = uid
-    user = await store.get_user(uid)
+    user = await request.app[store_key].get_user(uid)
     if user is None or not user.admin:
         return login_form(request, ("error", NOT_ADMIN), uid=uid, status=403)
     lifetime = token_lifetime_seconds(request)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from idlakd.auth import LOGIN_INCORRECT, issue_token, require_user, token_lifetime_seconds
+from idlakd.auth import issue_token, require_user, token_lifetime_seconds, verify_login
 from idlakd.errors import Unauthorized, Unprocessable
 from idlakd.http import json_response
-from idlakd.keys import passwords_key, secret_key, store_key, throttle_key, user_id_key
+from idlakd.keys import passwords_key, secret_key, store_key, user_id_key
 from idlakd.validation import Fields, json_object
 
 MIN_PASSWORD_LENGTH = 8
@@ -20,15 +20,7 @@ async def login(request: web.Request) -> web.Response:
     password = fields.string("password", required=True)
     fields.check()
     assert uid is not None and password is not None
-    address = request.remote or "unknown"
-    throttle = request.app[throttle_key]
-    throttle.check(uid, address)
-    store = request.app[store_key]
-    stored_hash = await store.get_password_hash(uid)
-    if not await request.app[passwords_key].check(password, stored_hash):
-        throttle.failed(uid, address)
-        raise Unauthorized(LOGIN_INCORRECT)
-    throttle.succeeded(uid)
+    await verify_login(request.app, uid, password, request.remote or "unknown")
     request[user_id_key] = uid
     token = issue_token(request.app[secret_key], uid, token_lifetime_seconds(request))
     return json_response({"access_token": token})
@@ -52,13 +44,10 @@ async def change_password(request: web.Request) -> web.Response:
         fields.error("new_password", f"Shorter than minimum length {MIN_PASSWORD_LENGTH}.")
     fields.check()
     assert old is not None and new is not None
-    store = request.app[store_key]
-    passwords = request.app[passwords_key]
-    address = request.remote or "unknown"
-    throttle = request.app[throttle_key]
-    throttle.check(user.uid, address)
-    if not await passwords.check(old, await store.get_password_hash(user.uid)):
-        throttle.failed(user.uid, address)
-        raise Unprocessable("old_password: Password is incorrect.")
-    await store.set_password_hash(user.uid, await passwords.hash(new))
+    try:
+        await verify_login(request.app, user.uid, old, request.remote or "unknown")
+    except Unauthorized:
+        raise Unprocessable("old_password: Password is incorrect.") from None
+    new_hash = await request.app[passwords_key].hash(new)
+    await request.app[store_key].set_password_hash(user.uid, new_hash)
     return json_response({"message": "Password has been changed."})
