@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from idlakd.synth.text import MAX_CHUNK_CHARS, Chunk, is_markup, split_sentences, split_text
@@ -99,7 +99,8 @@ words = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", 
 separators = st.sampled_from([" ", "  ", ", ", ". ", "! ", "? ", "\n", "\n\n", "; "])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(words, separators), min_size=1, max_size=60),
        st.integers(min_value=5, max_value=MAX_CHUNK_CHARS))
 def test_chunks_are_bounded_lose_nothing_and_keep_words(

@@ -66,10 +66,13 @@ class Transcoder:
     @classmethod
     async def start(cls, executable: str, audio_format: str, sample_rate: int) -> "Transcoder":
         """Start ffmpeg for one response."""
+        # Own session: a Ctrl-C meant for the daemon must not cut the streams it
+        # lets finish during its shutdown grace; ffmpeg still ends when its
+        # stdin closes, so it cannot outlive the daemon.
         process = await asyncio.create_subprocess_exec(
             executable, *ffmpeg_arguments(audio_format, sample_rate),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
         return cls(process, audio_format)
 
     @property
