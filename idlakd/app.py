@@ -11,6 +11,7 @@ from aiohttp import web
 from idlakd.admin import setup_admin
 from idlakd.auth import Passwords, auth_middleware, generate_password, load_or_create_secret
 from idlakd.config import Config
+from idlakd.health import setup_health
 from idlakd.http import add_request_id_header, error_middleware
 from idlakd.keys import (config_key, passwords_key, runtime_key, secret_key, store_key,
                          synth_key, throttle_key)
@@ -96,6 +97,7 @@ def create_app(config: Config) -> web.Application:
                                       config.login_window_seconds)
     app[synth_key] = SynthService(config)
     setup_metrics(app)
+    setup_health(app)
     setup_routes(app)
     setup_admin(app)
     app.on_response_prepare.append(add_request_id_header)

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from idlakd.admin.session import Flashes
     from idlakd.auth import Passwords, TokenClaims
     from idlakd.errors import Unauthorized
+    from idlakd.health import WorkerProbe
     from idlakd.metrics import Metrics
     from idlakd.runtime import Runtime
     from idlakd.store import Store
@@ -26,6 +27,7 @@ throttle_key: Final = web.AppKey["LoginThrottle"]("throttle")
 synth_key: Final = web.AppKey["SynthService"]("synth")
 runtime_key: Final = web.AppKey["Runtime"]("runtime")
 metrics_key: Final = web.AppKey["Metrics"]("metrics")
+health_key: Final = web.AppKey["WorkerProbe"]("health")
 admin_flashes_key: Final = web.AppKey["Flashes"]("admin_flashes")
 
 request_id_key: Final = web.RequestKey("request_id", str)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -11,6 +13,8 @@ from conftest import assert_error, make_config
 
 from idlakd.config import Config
 from idlakd.keys import store_key, synth_key
+from idlakd.models import Voice
+from idlakd.synth.pool import Worker
 
 StartApp = Callable[[Config], Awaitable[TestClient[Any, Any]]]
 
@@ -23,11 +27,33 @@ async def test_healthz(client: TestClient[Any, Any]) -> None:
     assert resp.headers["X-Request-Id"]
 
 
-async def test_readyz_when_ready(client: TestClient[Any, Any]) -> None:
+async def test_readyz_when_ready(client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    spawned: list[str] = []
+    real_spawn = Worker.spawn
+
+    async def counting_spawn(voice: Voice, config: Config, name: str) -> Worker:
+        spawned.append(voice.id)
+        return await real_spawn(voice, config, name)
+
+    monkeypatch.setattr(Worker, "spawn", counting_spawn)
     resp = await client.get("/readyz")
     assert resp.status == 200, await resp.text()
     body = await resp.json()
-    assert body["status"] == "ready" and body["database"] == "ok" and body["voices"] == 7
+    assert body == {"status": "ready", "database": "ok", "voices": 7, "synthesis": "ok"}
+    # A real worker was started (and stopped again) to prove it; the result is then reused.
+    assert len(spawned) == 1
+    assert (await client.get("/readyz")).status == 200
+    assert len(spawned) == 1
+    assert client.app[synth_key].worker_pids() == []
+
+
+async def test_readyz_when_no_worker_can_start(tmp_path: Path, started_app_factory: StartApp) -> None:
+    broken = tmp_path / "voices.json"
+    broken.write_text(json.dumps([{
+        "vid": "mute", "name": "Mute", "gender": "male", "lang": "en", "acc": "gb",
+        "engine": "command", "options": {"argv": [sys.executable, "-c", "import sys; sys.exit(3)"]}}]))
+    client = await started_app_factory(make_config(tmp_path, voice_config=str(broken)))
+    await assert_error(await client.get("/readyz"), 503, "Not ready: synthesis workers cannot start")
 
 
 async def test_readyz_without_voices(tmp_path: Path, started_app_factory: StartApp) -> None:

@@ -30,7 +30,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_stream_started_before_the_signal_completes(tmp_path: Path, signum: signal.Signals) -> None:
     daemon = start_daemon(tmp_path)
     try:
