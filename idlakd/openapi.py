@@ -62,7 +62,7 @@ ADMIN_401: Final = _error("No usable admin token", MISSING_HEADER, INVALID_TOKEN
 UID_PARAM: Final = {"name": "uid", "in": "path", "required": True, "schema": STR}
 NO_SUCH_USER_422: Final = _error("Unknown user", "User does not exist")
 ONLY_ADMIN: Final = "User is the only admin, there must be at least one admin in the system"
-SECURED: Final = [{"bearer": []}]
+SECURED: Final[list[dict[str, list[str]]]] = [{"bearer": []}]
 
 
 def _op(summary: str, responses: dict[str, Any], *, tag: str, security: bool = False,

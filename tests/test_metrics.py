@@ -115,7 +115,7 @@ class FakeService:
 def collect(service: object) -> dict[str, float]:
     """Run the collector over a fake app: sample name (+labels) -> value."""
     app = web.Application()
-    app[synth_key] = service  # type: ignore[assignment]
+    app[synth_key] = service  # type: ignore[misc]
     out: dict[str, float] = {}
     for family in SynthCollector(app).collect():
         for sample in family.samples:
