@@ -104,7 +104,8 @@ class AccessLogger(AbstractAccessLogger):
         """Write the line; never headers, bodies, tokens or query strings (they may hold text)."""
         self.logger.info(
             '%s "%s %s" %d %dB %.1fms rid=%s uid=%s',
-            request.remote or "-", request.method, request.path, response.status,
+            # raw_path: still percent-encoded, so a %0A in the URL cannot forge a log line.
+            request.remote or "-", request.method, request.rel_url.raw_path, response.status,
             response.body_length, time * 1000, request.get(request_id_key, "-"),
             request.get(user_id_key, "-"))
 

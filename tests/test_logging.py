@@ -185,3 +185,13 @@ def test_logging_to_a_rotating_file(tmp_path: Path) -> None:
         root.handlers[:], level = saved
         root.setLevel(level)
     assert "INFO idlakd.test: a line for the file" in log_file.read_text()
+
+
+async def test_a_url_cannot_forge_a_log_line(logged_client: TestClient[Any, Any],
+                                             collected: Collect) -> None:
+    resp = await logged_client.get("/voices/x%0A2026-01-01%20INFO%20idlakd%20forged%0D")
+    assert resp.status == 404
+    await resp.read()
+    await asyncio.sleep(0.1)
+    [line] = [r.getMessage() for r in collected.records if r.name == "idlakd.access"]
+    assert "\n" not in line and "\r" not in line and "%0A" in line

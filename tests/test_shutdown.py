@@ -100,6 +100,41 @@ async def test_grace_period_bounds_the_wait(tmp_path: Path) -> None:
         daemon.kill()
 
 
+async def test_restart_keeps_users_tokens_and_revocations(tmp_path: Path) -> None:
+    """`systemctl restart`: SIGTERM, start again on the same state directory."""
+    daemon = start_daemon(tmp_path)
+    try:
+        await wait_listening(daemon)
+        async with aiohttp.ClientSession() as session:
+            admin = await login(session, daemon.url, "admin", daemon.admin_password())
+            async with session.post(daemon.url + "/users", headers=bearer(admin),
+                                    json={"uid": "carol"}) as resp:
+                carol_password = (await resp.json())["password"]
+            revoked = await login(session, daemon.url, "carol", carol_password)
+            async with session.post(daemon.url + "/auth/expire", headers=bearer(revoked)) as resp:
+                assert resp.status == 200
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait(timeout=30) == 0
+    finally:
+        daemon.kill()
+    again = start_daemon(tmp_path, port=str(daemon.port))
+    try:
+        await wait_listening(again)
+        assert "<User admin:" not in again.output()  # not a first start
+        async with aiohttp.ClientSession() as session:
+            async with session.get(again.url + "/users", headers=bearer(admin)) as resp:
+                assert resp.status == 200, "a token from before the restart stays valid"
+                assert {u["id"] for u in (await resp.json())["users"]} == {"admin", "carol"}
+            async with session.get(again.url + "/users", headers=bearer(revoked)) as resp:
+                assert resp.status == 401
+                assert (await resp.json())["message"] == "Access token has expired"
+            await login(session, again.url, "carol", carol_password)
+        again.signal(signal.SIGTERM)
+        assert await again.wait(timeout=30) == 0
+    finally:
+        again.kill()
+
+
 async def test_speech_and_readiness_answer_503_while_stopping(
         client: TestClient[Any, Any], user_token: str) -> None:
     client.app[runtime_key].stopping = True
