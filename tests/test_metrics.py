@@ -75,6 +75,10 @@ async def test_speech_and_synthesis_statistics(client: TestClient[Any, Any], use
     assert (value(samples, "idlakd_workers", voice="alba", state="idle") or 0) >= 1
     assert (value(samples, "idlakd_voice_syntheses_total", voice="alba") or 0) >= 2
     assert value(samples, "idlakd_cache_hits_total") is not None
+    assert (value(samples, "idlakd_synthesis_seconds_total") or 0) > 0
+    assert (value(samples, "idlakd_synthesis_audio_seconds_total") or 0) > 0.5
+    assert 0 < (value(samples, "idlakd_synthesis_real_time_factor") or 0) < 10
+    assert (value(samples, "idlakd_voice_real_time_factor", voice="alba") or 0) > 0
 
 
 async def test_metrics_local_only(client: TestClient[Any, Any], tmp_path: Path,
