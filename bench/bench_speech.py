@@ -63,8 +63,8 @@ def text_of(sentences: int) -> str:
 
 
 def long_text(minutes: float) -> str:
-    """Roughly `minutes` of eSpeak speech (about 145 words a minute), numbered sentences."""
-    words_needed = int(minutes * 145)
+    """Roughly `minutes` of eSpeak speech (it says about 195 words a minute), numbered sentences."""
+    words_needed = int(minutes * 195)
     parts: list[str] = []
     words = 0
     n = 0
