@@ -126,8 +126,9 @@ class Daemon:
             self.process.wait(10)
 
 
-def start_daemon(tmp_path: Path, env: dict[str, str] | None = None, **settings: str) -> Daemon:
-    """Start `python -m idlakd serve` on a free port with a fresh state directory."""
+def start_daemon(tmp_path: Path, env: dict[str, str] | None = None, new_session: bool = False,
+                 **settings: str) -> Daemon:
+    """Start `python -m idlakd serve` on a free port (in its own session if asked: a terminal's group)."""
     port = int(settings.pop("port", "0")) or free_port()
     values = {"state_dir": str(tmp_path / "state"), "bcrypt_rounds": "4",
               "voice_config": str(write_voice_config(tmp_path / "voices")),
@@ -142,7 +143,8 @@ def start_daemon(tmp_path: Path, env: dict[str, str] | None = None, **settings: 
                  if not k.startswith("IDLAKD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     child_env.update(env or {})
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
-        process = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=err, env=child_env)
+        process = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=err, env=child_env,
+                                   start_new_session=new_session)
     return Daemon(process, port, stdout, stderr)
 
 

@@ -32,7 +32,9 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_stream_started_before_the_signal_completes(tmp_path: Path, signum: signal.Signals) -> None:
-    daemon = start_daemon(tmp_path)
+    # SIGINT goes to the whole process group, as Ctrl-C in a terminal does: workers and the
+    # programs they run must not die with it.
+    daemon = start_daemon(tmp_path, new_session=signum == signal.SIGINT)
     try:
         await wait_listening(daemon)
         async with aiohttp.ClientSession() as session:
@@ -43,7 +45,10 @@ async def test_stream_started_before_the_signal_completes(tmp_path: Path, signum
                 first = await resp.content.readany()  # the first sentence is out
                 workers = daemon.children()
                 assert workers, "the stream should be served by a worker"
-                daemon.signal(signum)
+                if signum == signal.SIGINT:
+                    os.killpg(daemon.process.pid, signal.SIGINT)
+                else:
+                    daemon.signal(signum)
                 signalled = time.monotonic()
 
                 # Stop accepting: a new connection is refused while the stream still runs.
