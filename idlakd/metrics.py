@@ -249,13 +249,18 @@ def is_local(request: web.Request) -> bool:
     """A loopback peer that is not relaying someone else's request (a local reverse proxy)."""
     if "X-Forwarded-For" in request.headers or "Forwarded" in request.headers:
         return False
-    peer = request.remote
-    if not peer:
-        return False
+    return is_loopback(request.remote or "")
+
+
+def is_loopback(peer: str) -> bool:
+    """127.0.0.0/8, ::1, and IPv4 loopback seen through a dual-stack socket (::ffff:127.0.0.1)."""
     try:
-        return ipaddress.ip_address(peer.split("%")[0]).is_loopback
+        address = ipaddress.ip_address(peer.split("%")[0])
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

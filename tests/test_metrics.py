@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from idlakd.config import Config
 from idlakd.keys import synth_key
-from idlakd.metrics import SynthCollector
+from idlakd.metrics import SynthCollector, is_loopback
 
 StartApp = Callable[[Config], Awaitable[TestClient[Any, Any]]]
 
@@ -157,3 +157,12 @@ async def test_openmetrics_negotiation(client: TestClient[Any, Any]) -> None:
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
     assert (await resp.text()).rstrip().endswith("# EOF")
+
+
+@pytest.mark.parametrize("peer,local", [
+    ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("10.0.0.1", False), ("::ffff:10.0.0.1", False), ("2001:db8::1", False), ("", False),
+    ("fe80::1%eth0", False), ("unix", False),
+])
+def test_loopback_addresses(peer: str, local: bool) -> None:
+    assert is_loopback(peer) is local
