@@ -223,3 +223,14 @@ async def test_limiter_admits_up_to_the_queue_then_refuses() -> None:
     first.release()
     assert limiter.waiting == 0 and limiter.running == 0
     limiter.admit().release()
+
+
+async def test_idle_worker_killed_from_outside_is_replaced(make_pool: PoolFactory) -> None:
+    """An idle worker that died (OOM killer, kill -9) is noticed at checkout and replaced."""
+    pool = await make_pool(espeak_voice())
+    await pool.synthesize(Chunk("Hello."))
+    [pid] = pool.worker_pids
+    os.kill(pid, 9)
+    assert await wait_gone({pid}) == set()
+    _rate, pcm = await pool.synthesize(Chunk("Hello again."))
+    assert pcm and pool.worker_count == 1 and pool.worker_pids != [pid]

@@ -389,3 +389,15 @@ async def test_close_during_a_stream_aborts_it_and_leaves_nothing(
     assert service.worker_pids() == []
     refused, _body = await post(client, voice, "After close.")
     assert refused.status == 503
+
+
+async def test_idle_workers_are_reaped_by_the_service(serve: ServeFactory) -> None:
+    """With worker_idle_seconds=1 the service's reaper stops a worker soon after its last chunk."""
+    client, service = await serve(ESPEAK, worker_idle_seconds="1")
+    await post(client, ESPEAK, "Hello.")
+    pids = set(service.worker_pids())
+    assert pids
+    assert await wait_gone(pids, 3) == set()
+    assert service.stats()["voices"]["en"]["workers"] == 0
+    response, body = await post(client, ESPEAK, "Hello again.")
+    assert response.status == 200 and parse(body)[1]

@@ -42,6 +42,9 @@ class EngineFailed(SynthesisError):
 class WorkerFailed(SynthesisError):
     """The worker died, stalled, broke the protocol or could not start; it has been discarded."""
 
+    #: True when the worker failed before it acknowledged the chunk (`start`).
+    before_start = False
+
 
 class BackgroundTasks:
     """Tasks that must finish even if their starter is cancelled (stopping workers); awaited on close."""
@@ -226,19 +229,27 @@ class Worker:
             async with asyncio.timeout(timeout):
                 await self.process.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
-            raise WorkerFailed(f"worker {self.name} closed its input") from None
+            failure = WorkerFailed(f"worker {self.name} closed its input")
+            failure.before_start = True
+            raise failure from None
         except TimeoutError:
             raise WorkerFailed(f"worker {self.name} not reading its input for {timeout:g} s") from None
         parts: list[bytes] = []
         rate = self.sample_rate
+        started = False
         while True:
-            frame = await self._read(timeout)
+            try:
+                frame = await self._read(timeout)
+            except WorkerFailed as exc:
+                exc.before_start = not started
+                raise
             if frame.header.get("id") != request_id:
                 raise WorkerFailed(f"worker {self.name} answered id {frame.header.get('id')!r}, "
                                    f"expected {request_id}")
             if frame.type == AUDIO:
                 parts.append(frame.payload)
             elif frame.type == START:
+                started = True
                 rate = int(frame.header.get("sample_rate") or rate)
             elif frame.type == END:
                 pcm = b"".join(parts)
@@ -366,47 +377,67 @@ class VoicePool:
     async def synthesize(self, chunk: Chunk, admission: Admission | None = None) -> tuple[int, bytes]:
         """Synthesise one chunk on a checked-out worker; raises SynthesisError."""
         async with self._capacity, self._limiter.slot(admission):
-            if self._closed:
-                # Shutting down: no new worker may outlive close().
-                raise WorkerFailed(f"voice {self.voice.id}: the service is stopping")
-            worker = self._take_idle()
-            if worker is None:
-                try:
-                    worker = await self._spawn()
-                except WorkerFailed:
-                    self.errors += 1
-                    raise
-                if self._closed:
-                    await asyncio.shield(self._discard(worker))
-                    raise WorkerFailed(f"voice {self.voice.id}: the service is stopping")
-            self._workers.add(worker)
-            self.busy += 1
-            keep = False
-            loop = asyncio.get_running_loop()
-            started = loop.time()
+            worker, fresh = await self._checkout()
             try:
-                rate, pcm = await worker.synthesize(chunk, self._config.synthesis_timeout_seconds)
-                keep = True
-                self.syntheses += 1
-                self.synthesis_seconds += loop.time() - started
-                self.audio_seconds += len(pcm) / 2 / rate
-                return rate, pcm
-            except EngineFailed:
-                keep = True
-                self.errors += 1
-                raise
+                return await self._run(worker, chunk)
             except WorkerFailed as exc:
-                self.errors += 1
-                log.warning("%s; discarding it", exc)
-                raise
-            finally:
-                # Cancelled mid-utterance, died, stalled: the worker's state is
-                # unknown, so it is stopped rather than reused.
-                self.busy -= 1
-                if keep and worker.alive and not self.retired:
-                    self._idle.append(worker)
-                else:
-                    await asyncio.shield(self._discard(worker))
+                # A warm worker that died while idle (killed from outside, or
+                # exiting as we picked it) had not started this chunk: one retry
+                # on a fresh worker is safe and hides the race from the client.
+                if fresh or not exc.before_start:
+                    raise
+                log.warning("Retrying a chunk of voice %s on a new worker", self.voice.id)
+            worker, _fresh = await self._checkout(spawn=True)
+            return await self._run(worker, chunk)
+
+    async def _checkout(self, spawn: bool = False) -> tuple[Worker, bool]:
+        """A warm idle worker, else a new one: (worker, whether it is new)."""
+        if self._closed:
+            # Shutting down: no new worker may outlive close().
+            raise WorkerFailed(f"voice {self.voice.id}: the service is stopping")
+        worker = None if spawn else self._take_idle()
+        if worker is not None:
+            return worker, False
+        try:
+            worker = await self._spawn()
+        except WorkerFailed:
+            self.errors += 1
+            raise
+        if self._closed:
+            await asyncio.shield(self._discard(worker))
+            raise WorkerFailed(f"voice {self.voice.id}: the service is stopping")
+        return worker, True
+
+    async def _run(self, worker: Worker, chunk: Chunk) -> tuple[int, bytes]:
+        """Run one chunk on a checked-out worker; it goes back idle, or is stopped if in doubt."""
+        self._workers.add(worker)
+        self.busy += 1
+        keep = False
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            rate, pcm = await worker.synthesize(chunk, self._config.synthesis_timeout_seconds)
+            keep = True
+            self.syntheses += 1
+            self.synthesis_seconds += loop.time() - started
+            self.audio_seconds += len(pcm) / 2 / rate
+            return rate, pcm
+        except EngineFailed:
+            keep = True
+            self.errors += 1
+            raise
+        except WorkerFailed as exc:
+            self.errors += 1
+            log.warning("%s; discarding it", exc)
+            raise
+        finally:
+            # Cancelled mid-utterance, died, stalled: the worker's state is
+            # unknown, so it is stopped rather than reused.
+            self.busy -= 1
+            if keep and worker.alive and not self.retired:
+                self._idle.append(worker)
+            else:
+                await asyncio.shield(self._discard(worker))
 
     def reap_idle(self, now: float) -> int:
         """Stop workers idle for worker_idle_seconds; returns how many."""
