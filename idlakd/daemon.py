@@ -57,10 +57,11 @@ async def run_daemon(config: Config) -> None:
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
         log.info("Listening on http://%s:%d", config.host, config.port)
-        notifier.notify("READY=1", f"STATUS=Listening on {config.host}:{config.port}",
-                        f"MAINPID={os.getpid()}")
-        watchdog = asyncio.create_task(notifier.watchdog(), name="systemd-watchdog")
-        await stop.wait()
+        if not stop.is_set():  # a signal during start-up: go straight to stopping
+            notifier.notify("READY=1", f"STATUS=Listening on {config.host}:{config.port}",
+                            f"MAINPID={os.getpid()}")
+            watchdog = asyncio.create_task(notifier.watchdog(), name="systemd-watchdog")
+            await stop.wait()
         notifier.notify("STOPPING=1", "STATUS=Finishing running requests")
     finally:
         # Stops listening, runs on_shutdown, waits for running handlers, then the cleanup_ctx
