@@ -8,7 +8,8 @@ import inspect
 import logging
 import sqlite3
 import time
-from typing import Any, Final, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -128,7 +129,7 @@ async def readyz(request: web.Request) -> web.Response:
         store = app[store_key]
         await asyncio.wait_for(store.ping(), CHECK_TIMEOUT_SECONDS)
         voices = await asyncio.wait_for(store.list_voices(), CHECK_TIMEOUT_SECONDS)
-    except (StoreError, sqlite3.Error, asyncio.TimeoutError, KeyError) as exc:
+    except (TimeoutError, StoreError, sqlite3.Error, KeyError) as exc:
         log.warning("Readiness: database check failed: %s", exc or type(exc).__name__)
         failures.append("database unreachable")
     else:
@@ -138,9 +139,9 @@ async def readyz(request: web.Request) -> web.Response:
     if voices:
         try:
             synthesis = await _check_synth(app, voices)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             failures.append("a synthesis worker is still starting")
-        except Exception as exc:  # noqa: BLE001 - any failure of the probe means "not ready", logged
+        except Exception as exc:  # noqa: BLE001 - any failure of the check means "not ready" (logged)
             log.warning("Readiness: synthesis check failed: %s", exc or type(exc).__name__)
             failures.append("synthesis workers cannot start")
     if failures:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from typing import Any, Final, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from idlakd.errors import APIError
@@ -69,7 +70,8 @@ class SynthCollector(Collector):
             return
         try:
             stats = stats_method()
-        except Exception:  # noqa: BLE001 - a scrape must never fail because of one statistic
+        except Exception:
+            # A scrape must never fail because of one statistic; the traceback is logged.
             log.exception("Synthesis statistics unavailable for /metrics")
             return
         if not isinstance(stats, Mapping):

@@ -11,8 +11,14 @@ from typing import Any, Final
 from aiohttp import web
 
 from idlakd import __version__
-from idlakd.auth import (ADMIN_REQUIRED, EXPIRED_TOKEN, INVALID_TOKEN, LOGIN_INCORRECT,
-                         MISSING_HEADER, NO_SUCH_USER)
+from idlakd.auth import (
+    ADMIN_REQUIRED,
+    EXPIRED_TOKEN,
+    INVALID_TOKEN,
+    LOGIN_INCORRECT,
+    MISSING_HEADER,
+    NO_SUCH_USER,
+)
 from idlakd.docs_page import DOCS_HTML, DOCS_SCRIPT
 from idlakd.synth.transcode import CONTENT_TYPES, FORMATS
 from idlakd.validation import INVALID_JSON, MISSING, NOT_OBJECT, NOT_STRING

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Final, Mapping
+from collections.abc import Mapping
+from typing import Final
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,9 @@ import logging
 import logging.handlers
 import re
 import sys
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 from aiohttp import web

@@ -18,7 +18,7 @@ DOC = REPO / "docs" / "operations.md"
 def settings_table() -> str:
     """The configuration reference, generated from etc/idlakd.conf's defaults and the settings' help."""
     conf = (REPO / "etc" / "idlakd.conf").read_text()
-    defaults = dict(re.findall(r"^# (\w+) = ?(.*)$", conf, flags=re.M))
+    defaults = dict(re.findall(r"^# (\w+) = ?(.*)$", conf, flags=re.MULTILINE))
     rows = ["| setting | environment | default | meaning |", "|---|---|---|---|"]
     for setting in SETTINGS:
         default = defaults[setting.name]
@@ -30,7 +30,7 @@ def settings_table() -> str:
 
 def test_configuration_reference_matches_etc_idlakd_conf() -> None:
     text = DOC.read_text()
-    block = re.search(r"<!-- settings:begin -->\n(.*?)\n<!-- settings:end -->", text, re.S)
+    block = re.search(r"<!-- settings:begin -->\n(.*?)\n<!-- settings:end -->", text, re.DOTALL)
     assert block, "the settings markers are missing"
     expected = settings_table()
     assert block.group(1) == expected, "regenerate the table:\n" + expected

@@ -13,8 +13,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import aiohttp
 import pytest
@@ -110,10 +110,9 @@ async def test_daemon_reports_ready_watchdog_and_stopping(
         ready = next(m for m in got if "READY=1" in m)
         assert f"MAINPID={daemon.process.pid}" in ready
         # READY=1 means: listening, database open, voices loaded.
-        async with aiohttp.ClientSession() as session:
-            async with session.get(daemon.url + "/readyz") as resp:
-                assert resp.status == 200, await resp.text()
-                assert (await resp.json())["voices"] == 2
+        async with aiohttp.ClientSession() as session, session.get(daemon.url + "/readyz") as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["voices"] == 2
         pings = await asyncio.to_thread(receive, sock, 0.8)
         assert pings.count("WATCHDOG=1") >= 2, pings
         # Workers must not inherit NOTIFY_SOCKET & co. (only the main process speaks to systemd).
@@ -166,7 +165,7 @@ def test_unit_file_verifies(tmp_path: Path) -> None:
     text = (REPO / "idlakd.service").read_text().replace("/opt/idlakd/bin/idlakd", sys.executable)
     unit = tmp_path / "idlakd.service"
     unit.write_text(text)
-    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], check=False, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
 
@@ -187,7 +186,7 @@ print("pcm", len(pcm))
 
 def test_espeak_works_with_memory_deny_write_execute() -> None:
     """MemoryDenyWriteExecute=yes: eSpeak's ctypes callback must not need W+X memory."""
-    proc = subprocess.run([sys.executable, "-c", ESPEAK_UNDER_MDWE], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", ESPEAK_UNDER_MDWE], check=False, cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     if proc.stdout.strip() == "no-mdwe":
         pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
