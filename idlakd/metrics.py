@@ -9,7 +9,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -50,6 +56,9 @@ class Metrics:
             "Time from a /speech request until its status line and first audio leave.",
             buckets=TTFB_BUCKETS, registry=self.registry)
         self.registry.register(SynthCollector(app))
+        # The daemon's own memory, CPU and open files (process_*), and python_info.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
 
 class SynthCollector(Collector):

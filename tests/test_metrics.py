@@ -57,6 +57,8 @@ async def test_requests_counted_by_route_template_and_status(client: TestClient[
     assert count == 2
     assert value(samples, "idlakd_http_request_duration_seconds_bucket", route="/voices",
                  method="GET", le="+Inf") == 2
+    assert (value(samples, "process_resident_memory_bytes") or 0) > 10_000_000
+    assert any(name == "python_info" for name, _ in samples)
 
 
 async def test_speech_and_synthesis_statistics(client: TestClient[Any, Any], user_token: str) -> None:
