@@ -144,6 +144,7 @@ def _unit() -> configparser.ConfigParser:
 def test_unit_file_settings() -> None:
     service = _unit()["Service"]
     assert service["Type"] == "notify"
+    assert service["KillMode"] == "mixed"  # workers must outlive SIGTERM until streams finish
     assert service["ExecStart"].endswith(" --config /etc/idlakd/idlakd.conf serve")
     assert service["Restart"] == "on-failure"
     assert service["WatchdogSec"] and service["User"] == "idlakd"
