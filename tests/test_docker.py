@@ -66,7 +66,9 @@ def test_state_on_a_volume_and_the_daemon_as_entrypoint(name: str) -> None:
     env = " ".join(args for op, args in stage if op == "ENV")
     assert "IDLAKD_STATE_DIR=/var/lib/idlakd" in env
     assert any(op == "VOLUME" and "/var/lib/idlakd" in args for op, args in stage)
-    assert ("ENTRYPOINT", '["idlakd"]') in stage and ("CMD", '["serve"]') in stage
+    # tini as PID 1 reaps orphans and forwards SIGTERM to idlakd alone.
+    assert ("ENTRYPOINT", '["/usr/bin/tini", "--", "idlakd"]') in stage and ("CMD", '["serve"]') in stage
+    assert "tini" in " ".join(args for op, args in stage if op == "RUN")
     assert ("STOPSIGNAL", "SIGTERM") in stage
     # eSpeak is the default engine: nothing but the package is needed; Idlak is mounted.
     assert "/opt/idlak" in " ".join(args for op, args in stage if op == "RUN")
