@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -234,3 +235,34 @@ async def test_idle_worker_killed_from_outside_is_replaced(make_pool: PoolFactor
     assert await wait_gone({pid}) == set()
     _rate, pcm = await pool.synthesize(Chunk("Hello again."))
     assert pcm and pool.worker_count == 1 and pool.worker_pids != [pid]
+
+
+def processes_with(marker: str) -> list[int]:
+    """Every process on the machine whose command line contains marker."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if marker.encode() in fh.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+async def test_stopping_a_stuck_command_worker_stops_its_program(
+        make_pool: PoolFactory, tmp_path: Path) -> None:
+    """A command voice whose program hangs: after the timeout neither worker nor program survives."""
+    marker = f"idlakd-stuck-{os.getpid()}-{id(tmp_path)}"
+    voice = Voice("stuck", "Stuck", "en", "gb", "male", engine="command", options={
+        "argv": [sys.executable, "-c", f"import time; time.sleep(60)  # {marker}"],
+        "sample_rate": 16000})
+    pool = await make_pool(voice, synthesis_timeout_seconds="0.5")
+    with pytest.raises(WorkerFailed, match="silent"):
+        await pool.synthesize(Chunk("Anything."))
+    for _ in range(40):
+        if not processes_with(marker):
+            break
+        await asyncio.sleep(0.05)
+    assert processes_with(marker) == []

@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any, Coroutine, Final
 
@@ -161,7 +162,11 @@ class Worker:
                 *worker_command(voice, config, name),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, env=_worker_environment(),
-                limit=2 * MAX_HEADER_BYTES)
+                limit=2 * MAX_HEADER_BYTES,
+                # Its own process group: stopping it also stops what it runs
+                # (a command engine's program), and a terminal's Ctrl-C is for
+                # the daemon, which then stops its workers itself.
+                start_new_session=True)
         except OSError as exc:
             raise WorkerFailed(f"worker {name} could not start: {exc}") from None
         worker = cls(name, process)
@@ -265,17 +270,23 @@ class Worker:
             else:
                 raise WorkerFailed(f"worker {self.name} sent unexpected {frame.type!r}")
 
+    def _signal_group(self, signum: int) -> None:
+        """Send a signal to the worker's process group (the worker and anything it started)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signum)
+
     async def stop(self, grace: float = IDLE_STOP_GRACE) -> None:
-        """Close stdin, wait up to grace, terminate, kill; always reap the process."""
+        """Close stdin, wait up to grace, terminate, kill (the whole group); always reap the process."""
         process = self.process
         if process.stdin is not None and not process.stdin.is_closing():
             process.stdin.close()
-        for signal_it, wait in ((None, grace), (process.terminate, TERM_GRACE), (process.kill, None)):
+        signalled = False
+        for signum, wait in ((None, grace), (signal.SIGTERM, TERM_GRACE), (signal.SIGKILL, None)):
             if process.returncode is not None:
                 break
-            if signal_it is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    signal_it()
+            if signum is not None:
+                signalled = True
+                self._signal_group(signum)
             try:
                 async with asyncio.timeout(wait):
                     await process.wait()
@@ -284,6 +295,10 @@ class Worker:
                 log.debug("Worker %s (pid %d) did not stop within %g s", self.name,
                           process.pid, wait)
         await process.wait()
+        if signalled:
+            # The worker was stopped mid-work: a program it ran may have ignored
+            # SIGTERM. The group outlives its leader while any member is left.
+            self._signal_group(signal.SIGKILL)
         # A grandchild may still hold stderr open: do not wait for its EOF forever.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(TERM_GRACE):
