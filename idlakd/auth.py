@@ -132,6 +132,7 @@ class TokenClaims:
     sub: str
     jti: str
     exp: float
+    iat: float | None = None
 
 
 def issue_token(secret: bytes, uid: str, lifetime_seconds: int) -> str:
@@ -155,7 +156,7 @@ def decode_token(secret: bytes, token: str) -> TokenClaims:
     sub, jti = claims.get("sub"), claims.get("jti")
     if not isinstance(sub, str) or not isinstance(jti, str):
         raise Unauthorized(INVALID_TOKEN)
-    return TokenClaims(sub=sub, jti=jti, exp=float(claims["exp"]))
+    return TokenClaims(sub=sub, jti=jti, exp=float(claims["exp"]), iat=float(claims["iat"]))
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -195,7 +196,8 @@ async def require_user(request: web.Request) -> tuple[User, TokenClaims | None]:
     result = request[token_key]
     if isinstance(result, Unauthorized):
         raise result
-    revoked, user = await request.app[store_key].token_state(result.jti, result.sub)
+    # issued_at: a token from before its uid was (re)created names a deleted user, not this one.
+    revoked, user = await request.app[store_key].token_state(result.jti, result.sub, result.iat)
     if revoked:
         raise Unauthorized(EXPIRED_TOKEN)
     if user is None:

@@ -247,13 +247,19 @@ class Store:
 
     # Tokens
 
-    async def token_state(self, jti: str, uid: str) -> tuple[bool, User | None]:
-        """In one query: is this token revoked, and the user it names (or None)."""
+    async def token_state(self, jti: str, uid: str,
+                          issued_at: float | None = None) -> tuple[bool, User | None]:
+        """In one query: is this token revoked, and the user it names (or None).
+
+        With issued_at (the token's whole-second iat), a user created after that second does
+        not count: the token belonged to an earlier, deleted user of the same uid.
+        """
+        born_before = float("inf") if issued_at is None else issued_at + 1
         async with self.reader.execute(
             "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?), "
             "(SELECT admin FROM users WHERE uid = ?), "
-            "EXISTS (SELECT 1 FROM users WHERE uid = ?)",
-            (jti, uid, uid),
+            "EXISTS (SELECT 1 FROM users WHERE uid = ? AND created_at < ?)",
+            (jti, uid, uid, born_before),
         ) as cur:
             row = await cur.fetchone()
         assert row is not None

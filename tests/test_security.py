@@ -3,6 +3,7 @@ address throttling, file permissions, and voice directories outside the configur
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -122,6 +123,24 @@ async def test_revocation_survives_token_replay_with_other_header_forms(
     for header in (token, f"bearer {token}", f"BEARER   {token}  ", f"Bearer\t{token}"):
         await assert_error(await client.get("/users", headers={"Authorization": header}), 401,
                            "Access token has expired")
+
+
+async def test_token_of_a_deleted_user_stays_dead_when_the_uid_is_reused(
+        client: TestClient[Any, Any], admin_token: str) -> None:
+    """Deleting alice and creating a new alice must not revive the first alice's tokens."""
+    h = bearer(admin_token)
+    first = await client.post("/users", json={"uid": "alice"}, headers=h)
+    old_token = await login(client, "alice", (await first.json())["password"])
+    assert (await client.post("/speech", json={"voice_id": "nope", "text": "x"},
+                              headers=bearer(old_token))).status == 400  # valid until deleted
+    assert (await client.delete("/users/alice", headers=h)).status == 200
+    await asyncio.sleep(1.1 - time.time() % 1 + 0.05)  # tokens carry whole-second iat
+    second = await client.post("/users", json={"uid": "alice", "admin": True}, headers=h)
+    assert second.status == 200
+    await assert_error(await client.get("/users", headers=bearer(old_token)), 401,
+                       "The user with such access token does not exist")
+    new_token = await login(client, "alice", (await second.json())["password"])
+    assert (await client.get("/users", headers=bearer(new_token))).status == 200
 
 
 # SQL metacharacters
