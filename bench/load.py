@@ -48,15 +48,17 @@ LANGUAGES = ("en", "ro", "fr", "de", "ru", "xx")
 SHORT_TEXTS = ("Hello there.", "Good morning to you.", "Yes.", "How are you today?",
                "The quick brown fox.")
 
-# (name, weight): a client's next request is drawn from this mix.
+# (name, weight per mille): a client's next request is drawn from this mix. Tokens live 30
+# minutes, so a real client logs in rarely: 1 request in 500 (about 0.7 logins/s from 200 clients,
+# each costing ~0.25 s of CPU at bcrypt's default cost).
 MIX: tuple[tuple[str, int], ...] = (
-    ("GET /voices", 35),
-    ("GET /languages", 20),
-    ("GET /languages/{iso}/accents", 8),
-    ("POST /voices", 12),
-    ("GET /voices/{id}", 12),
-    ("POST /auth", 1),
-    ("POST /speech", 12),
+    ("GET /voices", 350),
+    ("GET /languages", 200),
+    ("GET /languages/{iso}/accents", 80),
+    ("POST /voices", 120),
+    ("GET /voices/{id}", 118),
+    ("POST /auth", 2),
+    ("POST /speech", 130),
 )
 
 
@@ -65,6 +67,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU time a process has used (from /proc; 0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process (the daemon's workers and ffmpegs)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
 
 
 def rss_bytes(pid: int) -> int:
@@ -100,7 +125,8 @@ class Server:
 
 
 def start_server(state_dir: Path, bcrypt_rounds: int | None = None,
-                 settings: dict[str, str] | None = None, log_path: Path | None = None) -> Server:
+                 settings: dict[str, str] | None = None, log_path: Path | None = None,
+                 extra_env: dict[str, str] | None = None) -> Server:
     """Start the real daemon on a free loopback port; wait until it answers."""
     port = free_port()
     values = {"state_dir": str(state_dir), "port": str(port), "host": "127.0.0.1",
@@ -115,6 +141,7 @@ def start_server(state_dir: Path, bcrypt_rounds: int | None = None,
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("IDLAKD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env.update(extra_env or {})
     log = open(log_path or os.devnull, "w")
     process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log,
                                text=True)
@@ -177,7 +204,7 @@ class LoadClient:
 
     def __init__(self, session: aiohttp.ClientSession, url: str, token: str, password: str,
                  stats: Stats, rng: random.Random, think: tuple[float, float],
-                 speech_weight: int | None = None) -> None:
+                 speech_weight: int | None = None, auth_weight: int | None = None) -> None:
         self.session = session
         self.url = url
         self.token = token
@@ -186,8 +213,8 @@ class LoadClient:
         self.rng = rng
         self.think = think
         names = [name for name, _ in MIX]
-        weights = [speech_weight if name == "POST /speech" and speech_weight is not None else w
-                   for name, w in MIX]
+        overrides = {"POST /speech": speech_weight, "POST /auth": auth_weight}
+        weights = [w if overrides.get(name) is None else overrides[name] for name, w in MIX]
         self._pick: Callable[[], str] = lambda: rng.choices(names, weights)[0]
 
     async def _request(self, name: str) -> str:
@@ -270,7 +297,7 @@ async def _setup_user(url: str, admin_password: str) -> tuple[str, str]:
 
 async def run_load(url: str, token: str, password: str, clients: int, duration: float,
                    think: tuple[float, float], seed: int, request_timeout: float,
-                   speech_weight: int | None = None) -> Stats:
+                   speech_weight: int | None = None, auth_weight: int | None = None) -> Stats:
     """Run the clients against url for duration seconds."""
     stats = Stats()
     timeout = aiohttp.ClientTimeout(total=request_timeout)
@@ -279,7 +306,7 @@ async def run_load(url: str, token: str, password: str, clients: int, duration: 
         until = asyncio.get_running_loop().time() + duration
         rng = random.Random(seed)
         runners = [LoadClient(session, url, token, password, stats,
-                              random.Random(rng.random()), think, speech_weight)
+                              random.Random(rng.random()), think, speech_weight, auth_weight)
                    for _ in range(clients)]
         await asyncio.gather(*(c.run(until) for c in runners))
     return stats
@@ -336,23 +363,40 @@ async def main_async(args: argparse.Namespace) -> int:
     """Start the daemon, warm up, run the load, measure, stop; print the summary."""
     with tempfile.TemporaryDirectory(prefix="idlakd-load-") as tmp:
         server = start_server(Path(tmp) / "state", args.bcrypt_rounds,
-                              log_path=Path(args.server_log) if args.server_log else None)
+                              log_path=Path(args.server_log) if args.server_log else None,
+                              extra_env={"PYTHONASYNCIODEBUG": "1"} if args.asyncio_debug else None)
         try:
             token, password = await _setup_user(server.url, server.password)
+            workers = children(server.process.pid)
+            if args.renice_workers:
+                # Experiment: what the loop gains when synthesis yields the CPU to it.
+                for pid in workers:
+                    os.setpriority(os.PRIO_PROCESS, pid, args.renice_workers)
             rss_start = rss_bytes(server.process.pid)
+            cpu_start = (cpu_seconds(server.process.pid),
+                         sum(cpu_seconds(p) for p in workers), time.process_time())
             started = time.monotonic()
             stats = await run_load(server.url, token, password, args.clients, args.duration,
                                    (args.think_min, args.think_max), args.seed, args.timeout,
-                                   args.speech_weight)
+                                   args.speech_weight, args.auth_weight)
             took = time.monotonic() - started
+            workers_after = children(server.process.pid)
+            cpu = {"daemon_cores": (cpu_seconds(server.process.pid) - cpu_start[0]) / took,
+                   "workers_cores": (sum(cpu_seconds(p) for p in workers_after) - cpu_start[1]) / took,
+                   "load_generator_cores": (time.process_time() - cpu_start[2]) / took,
+                   "workers": len(workers_after),
+                   "loadavg_1min_at_end": os.getloadavg()[0], "cpus": os.cpu_count()}
             await asyncio.sleep(1.0)  # let finished streams release their buffers
             rss_end = rss_bytes(server.process.pid)
         finally:
             status = server.stop()
     summary = summarise(stats, took, rss_start, rss_end)
+    summary["cpu"] = {k: round(v, 2) if isinstance(v, float) else v for k, v in cpu.items()}
     summary["config"] = {"clients": args.clients, "duration_s": args.duration,
                          "think_s": [args.think_min, args.think_max],
                          "bcrypt_rounds": args.bcrypt_rounds or "default (12)",
+                         "speech_weight": args.speech_weight, "auth_weight": args.auth_weight,
+                         "renice_workers": args.renice_workers,
                          "server_exit": status}
     failed = verdict(summary, args.p99_ms, args.rss_mb)
     summary["failed"] = failed
@@ -374,8 +418,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rss-mb", type=float, default=30.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--speech-weight", type=int, default=None,
-                   help="weight of POST /speech in the mix (default 12 of 100; 0: none)")
+                   help="weight of POST /speech in the mix (default 130 per mille; 0: none)")
     p.add_argument("--server-log", help="write the daemon's stderr here")
+    p.add_argument("--auth-weight", type=int, default=None,
+                   help="weight of POST /auth in the mix (default 2 per mille)")
+    p.add_argument("--asyncio-debug", action="store_true",
+                   help="run the daemon with PYTHONASYNCIODEBUG=1: its log names slow callbacks")
+    p.add_argument("--renice-workers", type=int, default=0,
+                   help="experiment: renice the daemon's synthesis workers to this value")
     return p.parse_args(argv)
 
 
