@@ -599,3 +599,46 @@ def test_openapi_operations_never_fail_and_match_the_document(
             except Exception as exc:  # collect every operation's finding, then fail once
                 failures.append(f"{operation.label} [{mode.value}]: {exc}"[:1500])
     assert not failures, "\n\n".join(failures)
+
+
+BILLION_LAUGHS = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+                  '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
+                  '<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>'
+                  '<speak>&lol3;</speak>')
+EXTERNAL_ENTITY = ('<?xml version="1.0"?><!DOCTYPE speak [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+                   '<speak>&xxe;</speak>')
+
+
+@pytest.mark.parametrize("text", [
+    BILLION_LAUGHS, EXTERNAL_ENTITY, "<speak>never closed", "<speak><s>crossed</speak></s>",
+    '<!doctype speak><speak>x</speak>', "<speak>&undefined;</speak>", "  <speak>\x00</speak>",
+], ids=["billion-laughs", "external-entity", "unclosed", "crossed", "doctype", "undefined-entity",
+        "nul"])
+async def test_unsafe_or_malformed_markup_is_refused_before_any_engine(
+        client: TestClient[Any, Any], user_token: str, text: str) -> None:
+    """Markup with declarations or that is not well-formed: 422 "text: ...", nothing synthesised."""
+    resp = await client.post("/speech", json={"voice_id": "alba", "text": text},
+                             headers={"Authorization": f"Bearer {user_token}"})
+    body = await assert_error(resp, 422)
+    assert body["message"].startswith("text: "), body
+
+
+@pytest.mark.parametrize("text", [
+    "Read this: " + EXTERNAL_ENTITY,                   # not markup: spoken as plain, escaped text
+    "\ufeff" + BILLION_LAUGHS,
+    "Pneumonoultramicroscopicsilicovolcanoconiosis" * 40,  # one very long word
+    "!?.,;:--...!!!",                                 # only punctuation
+    "\u202e\u0627\u0644\u0633\u0644\u0627\u0645 \U0001f600 e\u0301",
+])
+async def test_hostile_plain_text_is_neutralised_and_spoken(
+        client: TestClient[Any, Any], user_token: str, text: str) -> None:
+    """Plain text that merely contains markup, or is odd: a complete audio answer, never a 5xx."""
+    resp = await client.post("/speech", json={"voice_id": "alba", "text": text, "stream": False},
+                             headers={"Authorization": f"Bearer {user_token}"})
+    if resp.status != 200:
+        body = await assert_error(resp, 422)  # "nothing to say" is a fair answer to punctuation
+        assert body["message"].startswith("text: "), body
+        return
+    assert resp.headers["Content-Type"] == "audio/wav"
+    audio = await resp.read()
+    assert audio[:4] == b"RIFF" and len(audio) == int(resp.headers["Content-Length"])
