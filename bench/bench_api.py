@@ -21,12 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
