@@ -368,7 +368,10 @@ async def test_missing_ffmpeg_is_a_clean_error_and_wav_still_works(serve: ServeF
     assert response.status == 200 and parse(body)[1]
     stats = service.stats()
     assert stats["failures"] == 2 and stats["transcoders"] == 0
-    assert stats["syntheses"] == 3 and stats["audio_seconds"] > 0 and stats["synthesis_seconds"] > 0
+    # The streamed ogg's chunk is cancelled when ffmpeg cannot start at its first
+    # audio (the head chunk streams), unless it already finished: 2 or 3 complete.
+    assert stats["syntheses"] in (2, 3)
+    assert stats["audio_seconds"] > 0 and stats["synthesis_seconds"] > 0
     voice_stats = stats["voices"]["en"]
     assert {"busy", "idle", "workers", "syntheses", "errors"} <= set(voice_stats)
 

@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any, Coroutine, Final
+from typing import Any, Callable, Coroutine, Final
 
 from idlakd.config import Config
 from idlakd.errors import ServiceUnavailable
@@ -30,6 +30,9 @@ BUSY_STOP_GRACE: Final = 0.2
 TERM_GRACE: Final = 0.5
 # The package's parent directory, so `python -m idlakd.synth.worker` works from a source tree.
 _PACKAGE_PARENT: Final = str(Path(__file__).resolve().parents[2])
+
+#: Receives a chunk's audio as its worker sends it: (sample rate, PCM s16le).
+AudioSink = Callable[[int, bytes], None]
 
 
 class SynthesisError(Exception):
@@ -226,6 +229,18 @@ class Worker:
 
     async def synthesize(self, chunk: Chunk, timeout: float) -> tuple[int, bytes]:
         """Synthesise one chunk: (sample_rate, PCM); EngineFailed keeps the worker, WorkerFailed does not."""
+        parts: list[bytes] = []
+        rate, _size = await self.stream(chunk, timeout, lambda _rate, pcm: parts.append(pcm))
+        return rate, b"".join(parts)
+
+    async def stream(self, chunk: Chunk, timeout: float, sink: AudioSink) -> tuple[int, int]:
+        """Synthesise one chunk, passing each audio frame to sink(rate, pcm) as it arrives.
+
+        Returns (sample_rate, PCM bytes) once the worker ended the chunk. Audio
+        only ever follows the worker's `start`, so a WorkerFailed with
+        before_start set has sent nothing to the sink. EngineFailed keeps the
+        worker, WorkerFailed does not.
+        """
         assert self.process.stdin is not None
         request_id = next(self._ids)
         try:
@@ -239,7 +254,7 @@ class Worker:
             raise failure from None
         except TimeoutError:
             raise WorkerFailed(f"worker {self.name} not reading its input for {timeout:g} s") from None
-        parts: list[bytes] = []
+        size = 0
         rate = self.sample_rate
         started = False
         while True:
@@ -252,18 +267,20 @@ class Worker:
                 raise WorkerFailed(f"worker {self.name} answered id {frame.header.get('id')!r}, "
                                    f"expected {request_id}")
             if frame.type == AUDIO:
-                parts.append(frame.payload)
+                if not started:
+                    raise WorkerFailed(f"worker {self.name} sent audio before 'start'")
+                size += len(frame.payload)
+                sink(rate, frame.payload)
             elif frame.type == START:
                 started = True
                 rate = int(frame.header.get("sample_rate") or rate)
             elif frame.type == END:
-                pcm = b"".join(parts)
                 samples = frame.header.get("samples")
-                if samples is not None and samples * 2 != len(pcm):
+                if samples is not None and samples * 2 != size:
                     raise WorkerFailed(f"worker {self.name} announced {samples} samples, "
-                                       f"sent {len(pcm) // 2}")
+                                       f"sent {size // 2}")
                 self.last_used = asyncio.get_running_loop().time()
-                return rate, pcm
+                return rate, size
             elif frame.type == ERROR:
                 self.last_used = asyncio.get_running_loop().time()
                 raise EngineFailed(str(frame.header.get("message") or "synthesis failed"))
@@ -390,20 +407,30 @@ class VoicePool:
         return self._background.spawn(worker.stop(grace))
 
     async def synthesize(self, chunk: Chunk, admission: Admission | None = None) -> tuple[int, bytes]:
-        """Synthesise one chunk on a checked-out worker; raises SynthesisError."""
+        """Synthesise one chunk on a checked-out worker: (sample_rate, PCM); raises SynthesisError."""
+        parts: list[bytes] = []
+        rate = await self.stream(chunk, lambda _rate, pcm: parts.append(pcm), admission)
+        return rate, b"".join(parts)
+
+    async def stream(self, chunk: Chunk, sink: AudioSink, admission: Admission | None = None) -> int:
+        """Synthesise one chunk on a checked-out worker, audio to sink(rate, pcm) as it arrives.
+
+        Returns the sample rate once the chunk is complete; raises SynthesisError.
+        """
         async with self._capacity, self._limiter.slot(admission):
             worker, fresh = await self._checkout()
             try:
-                return await self._run(worker, chunk)
+                return await self._run(worker, chunk, sink)
             except WorkerFailed as exc:
                 # A warm worker that died while idle (killed from outside, or
-                # exiting as we picked it) had not started this chunk: one retry
-                # on a fresh worker is safe and hides the race from the client.
+                # exiting as we picked it) had not started this chunk (nothing
+                # reached the sink): one retry on a fresh worker is safe and
+                # hides the race from the client.
                 if fresh or not exc.before_start:
                     raise
                 log.warning("Retrying a chunk of voice %s on a new worker", self.voice.id)
             worker, _fresh = await self._checkout(spawn=True)
-            return await self._run(worker, chunk)
+            return await self._run(worker, chunk, sink)
 
     async def _checkout(self, spawn: bool = False) -> tuple[Worker, bool]:
         """A warm idle worker, else a new one: (worker, whether it is new)."""
@@ -423,7 +450,7 @@ class VoicePool:
             raise WorkerFailed(f"voice {self.voice.id}: the service is stopping")
         return worker, True
 
-    async def _run(self, worker: Worker, chunk: Chunk) -> tuple[int, bytes]:
+    async def _run(self, worker: Worker, chunk: Chunk, sink: AudioSink) -> int:
         """Run one chunk on a checked-out worker; it goes back idle, or is stopped if in doubt."""
         self._workers.add(worker)
         self.busy += 1
@@ -431,12 +458,12 @@ class VoicePool:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            rate, pcm = await worker.synthesize(chunk, self._config.synthesis_timeout_seconds)
+            rate, size = await worker.stream(chunk, self._config.synthesis_timeout_seconds, sink)
             keep = True
             self.syntheses += 1
             self.synthesis_seconds += loop.time() - started
-            self.audio_seconds += len(pcm) / 2 / rate
-            return rate, pcm
+            self.audio_seconds += size / 2 / rate
+            return rate
         except EngineFailed:
             keep = True
             self.errors += 1

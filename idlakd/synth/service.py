@@ -269,27 +269,47 @@ class SynthService:
 
     async def _synthesise(self, pool: VoicePool, chunks: list[Chunk],
                           admission: Admission) -> AsyncGenerator[tuple[int, bytes], None]:
-        """Yield each chunk's (rate, PCM) strictly in order while the next ones synthesise in parallel."""
+        """Yield (rate, PCM) strictly in text order while the next chunks synthesise in parallel.
+
+        The head chunk's audio is yielded as its worker sends it, so the first
+        bytes leave before the first sentence is finished; a later chunk's audio
+        waits (synthesised meanwhile) until that chunk is the head, then comes
+        out at once. Every chunk yields at least once (empty PCM if it had none).
+        """
         # Enough chunks in flight to keep every worker of the voice busy, plus
         # the one being written; a bound, so a long text never piles up audio.
         lookahead = pool.size + 1
-        pending: list[asyncio.Task[tuple[int, bytes]]] = []
+        pending: list[tuple[asyncio.Task[int], _ChunkAudio]] = []
         index = 0
         try:
             while index < len(chunks) or pending:
                 while index < len(chunks) and len(pending) < lookahead:
-                    pending.append(asyncio.create_task(pool.synthesize(chunks[index], admission)))
+                    audio = _ChunkAudio()
+                    task = asyncio.create_task(pool.stream(chunks[index], audio.put, admission))
+                    task.add_done_callback(audio.finished)
+                    pending.append((task, audio))
                     index += 1
                 # The head stays in `pending` until done, so cancellation reaches it too.
-                result = await pending[0]
+                task, audio = pending[0]
+                yielded = False
+                while True:
+                    if audio.parts:
+                        yield audio.rate, audio.take()
+                        yielded = True
+                    elif task.done():
+                        break
+                    else:
+                        await audio.wait()
+                rate = await task  # the chunk's failure, if any, is raised here
                 pending.pop(0)
-                yield result
+                if not yielded:
+                    yield rate, b""
         finally:
             # Cancel all before waiting for any: a worker freed by one must not
             # be picked up by the next pending chunk.
-            for task in pending:
+            for task, _audio in pending:
                 task.cancel()
-            for task in pending:
+            for task, _audio in pending:
                 await _cancel_and_wait(task)
 
     async def _send_stream(self, response: web.StreamResponse, rate: int, first: bytes,
@@ -414,6 +434,36 @@ class SynthService:
         finally:
             await close_file(handle)
         return response
+
+
+class _ChunkAudio:
+    """One chunk's audio as its worker sends it, held until the consumer takes it (in text order)."""
+
+    def __init__(self) -> None:
+        self.rate = 0
+        self.parts: list[bytes] = []
+        self._changed = asyncio.Event()
+
+    def put(self, rate: int, pcm: bytes) -> None:
+        """The sink given to the pool: one audio frame arrived."""
+        self.rate = rate
+        self.parts.append(pcm)
+        self._changed.set()
+
+    def finished(self, _task: asyncio.Task[Any]) -> None:
+        """Done callback of the chunk's task: wake the consumer to see the end (or failure)."""
+        self._changed.set()
+
+    def take(self) -> bytes:
+        """Everything that arrived since the last take, joined."""
+        pcm = b"".join(self.parts) if len(self.parts) > 1 else self.parts[0]
+        self.parts = []
+        return pcm
+
+    async def wait(self) -> None:
+        """Until more audio arrives or the chunk's task ends."""
+        self._changed.clear()
+        await self._changed.wait()
 
 
 async def _next_pcm(pieces: AsyncIterator[tuple[int, bytes]], rate: int) -> bytes | None:
