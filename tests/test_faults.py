@@ -300,8 +300,6 @@ async def test_hanging_or_garbling_worker_in_the_daemon(
     await faulty.speak_ok(session, token, "stand")
 
 
-@pytest.mark.xfail(reason="idlakd/synth: killing a command-engine worker (hang timeout) orphans "
-                          "the program it runs (reported; fix in the worker/pool)")
 async def test_stuck_command_program_is_not_orphaned(faulty: FaultDaemon,
                                                      session: aiohttp.ClientSession) -> None:
     """A command voice whose program never answers: after the timeout nothing of it survives."""
