@@ -44,10 +44,11 @@ class AdminSession:
     jti: str
     exp: float
     csrf: str
+    iat: float
 
     def claims(self) -> TokenClaims:
         """The session as token claims, so API handlers can authenticate it the same way."""
-        return TokenClaims(sub=self.uid, jti=self.jti, exp=self.exp)
+        return TokenClaims(sub=self.uid, jti=self.jti, exp=self.exp, iat=self.iat)
 
 
 def csrf_token(secret: bytes, binding: str) -> str:
@@ -84,7 +85,8 @@ def read_session_cookie(secret: bytes, value: str) -> AdminSession | None:
     sub, jti = claims.get("sub"), claims.get("jti")
     if not isinstance(sub, str) or not isinstance(jti, str):
         return None
-    return AdminSession(uid=sub, jti=jti, exp=float(claims["exp"]), csrf=csrf_token(secret, jti))
+    return AdminSession(uid=sub, jti=jti, exp=float(claims["exp"]), csrf=csrf_token(secret, jti),
+                        iat=float(claims["iat"]))
 
 
 def cookie_secure(request: web.Request) -> bool:
@@ -113,7 +115,9 @@ async def current_session(request: web.Request) -> tuple[AdminSession | None, bo
     session = read_session_cookie(request.app[secret_key], value)
     if session is None:
         return None, False
-    revoked, user = await request.app[store_key].token_state(session.jti, session.uid)
+    # issued_at: a session from before its uid was re-created belonged to a deleted user.
+    revoked, user = await request.app[store_key].token_state(session.jti, session.uid,
+                                                             session.iat)
     if revoked or user is None:
         return None, False
     return session, user.admin
