@@ -393,9 +393,6 @@ async def test_voice_directory_traversal_via_admin_page_is_refused(
     assert resp.status == 200, (await resp.text())[-500:]
 
 
-@pytest.mark.xfail(reason="admin page: a session cookie is checked with token_state(jti, uid) "
-                          "without the cookie's iat, so a deleted admin's session comes back when "
-                          "the uid is re-created (pass issued_at like idlakd.auth.require_user)")
 async def test_admin_session_of_a_deleted_user_stays_dead_when_the_uid_is_reused(
         client: TestClient[Any, Any], admin_token: str) -> None:
     """Like API tokens: deleting 'boss' and creating a new 'boss' must not revive the old session."""
