@@ -38,9 +38,11 @@ ENDPAUSE: Final = 0x1000
 PARAM_RATE: Final = 1
 PARAM_PITCH: Final = 3
 EE_OK: Final = 0
-# Milliseconds of sound per callback buffer: small enough to stream promptly,
-# large enough that per-buffer overhead stays negligible.
-BUFFER_MS: Final = 200
+# Milliseconds of sound per callback buffer, and so per audio frame a worker
+# sends: small enough to stream promptly (eSpeak makes 500 ms of sound in about
+# 1 ms), large enough that the per-frame cost in the worker, the daemon and the
+# client stays small (200 ms meant ~18 frames per sentence; 500 ms, ~8).
+BUFFER_MS: Final = 500
 DEFAULT_VOICE: Final = "en"
 
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
