@@ -59,6 +59,10 @@ END: Final = "end"
 ERROR: Final = "error"
 
 
+# One encoder for every header (json.dumps with options builds a new one per call).
+_HEADER_ENCODER: Final = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+
+
 class ProtocolError(Exception):
     """The peer sent a malformed frame (never a clean EOF)."""
 
@@ -79,8 +83,8 @@ def encode_frame(type: str, payload: bytes = b"", **fields: Any) -> bytes:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     header = {"type": type, **fields, "payload_length": len(payload)}
-    # ensure_ascii keeps the line pure ASCII; json.dumps never emits a raw newline.
-    line = json.dumps(header, separators=(",", ":")).encode("ascii") + b"\n"
+    # ensure_ascii keeps the line pure ASCII; the encoder never emits a raw newline.
+    line = _HEADER_ENCODER.encode(header).encode("ascii") + b"\n"
     if len(line) > MAX_HEADER_BYTES:
         raise ValueError(f"frame header of {len(line)} bytes exceeds {MAX_HEADER_BYTES}")
     return line + bytes(payload)
