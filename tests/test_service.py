@@ -221,6 +221,13 @@ async def test_client_disconnect_stops_everything_working_for_it(
                                                   "format": audio_format})
     assert response.status == 200
     await response.content.readany()
+    # The first bytes leave while the first sentence's worker is finishing it
+    # (the head chunk streams); once it is done, both workers hold later
+    # sentences, and a worker idle by then would rightly be kept warm.
+    for _ in range(100):
+        if service.stats()["syntheses"] >= 1 and len(service.busy_pids()) >= 2:
+            break
+        await asyncio.sleep(0.01)
     working = set(service.busy_pids())
     assert working
     response.close()
