@@ -213,7 +213,10 @@ class LoadClient:
         self.think = think
         names = [name for name, _ in MIX]
         overrides = {"POST /speech": speech_weight, "POST /auth": auth_weight}
-        weights = [w if overrides.get(name) is None else overrides[name] for name, w in MIX]
+        weights: list[float] = []
+        for name, weight in MIX:
+            override = overrides.get(name)
+            weights.append(float(weight if override is None else override))
         self._pick: Callable[[], str] = lambda: rng.choices(names, weights)[0]
 
     async def _request(self, name: str) -> str:
@@ -323,7 +326,7 @@ def summarise(stats: Stats, duration: float, rss_start: int, rss_end: int) -> di
             "p99_ms": round(percentile(values, 99) * 1000, 1),
             "max_ms": round(max(values, default=0) * 1000, 1),
         }
-    outcomes = collections.Counter()
+    outcomes: collections.Counter[str] = collections.Counter()
     for (name, outcome), count in stats.outcomes.items():
         outcomes[f"{name} {outcome}"] += count
     return {

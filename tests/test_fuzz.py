@@ -263,7 +263,7 @@ def headers(draw: st.DrawFn, token: str | None) -> dict[str, str]:
     return h
 
 
-def _fill(path: str, draw: st.DrawFn) -> str:
+def _fill(path: str, draw: Callable[[Any], Any]) -> str:
     """A route path with each {placeholder} replaced by a generated, already-quoted segment."""
     out = path
     while "{" in out:
