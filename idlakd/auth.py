@@ -220,12 +220,12 @@ async def verify_login(app: web.Application, uid: str, password: str, address: s
     Raises TooManyRequests while uid or address is throttled, Unauthorized when wrong.
     """
     throttle = app[throttle_key]
-    throttle.check(uid, address)
-    stored_hash = await app[store_key].get_password_hash(uid)
-    if not await app[passwords_key].check(password, stored_hash):
-        throttle.failed(uid, address)
-        raise Unauthorized(LOGIN_INCORRECT)
-    throttle.succeeded(uid)
+    async with throttle.attempt(uid, address):
+        stored_hash = await app[store_key].get_password_hash(uid)
+        if not await app[passwords_key].check(password, stored_hash):
+            throttle.failed(uid, address)
+            raise Unauthorized(LOGIN_INCORRECT)
+        throttle.succeeded(uid)
 
 
 def token_lifetime_seconds(request: web.Request) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import math
 import time
-from typing import Callable, Deque, Final
+from typing import AsyncIterator, Callable, Deque, Final
 
 from idlakd.errors import TooManyRequests
 
@@ -23,6 +25,9 @@ class LoginThrottle:
         self.window = window_seconds
         self.clock = clock
         self._failures: dict[str, Deque[float]] = {}
+        # Password checks still running, per address key; and one lock per uid being tried.
+        self._pending: collections.Counter[str] = collections.Counter()
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     def _recent(self, key: str, now: float) -> Deque[float]:
         """The failure times of key still inside the window (pruned)."""
@@ -41,9 +46,37 @@ class LoginThrottle:
         for key, limit in ((f"uid:{uid}", self.max_per_uid),
                            (f"addr:{address}", self.max_per_address)):
             times = self._recent(key, now)
-            if len(times) >= limit:
-                retry = math.ceil(times[0] + self.window - now)
+            if len(times) + self._pending[key] >= limit:
+                retry = math.ceil(times[0] + self.window - now) if times else 1
                 raise TooManyRequests(THROTTLED, retry_after=retry)
+
+    @contextlib.asynccontextmanager
+    async def attempt(self, uid: str, address: str) -> AsyncIterator[None]:
+        """Check, then hold the attempt while its password is checked.
+
+        Attempts on one uid run one at a time, so parallel guesses cannot all pass check()
+        before the first failure is counted; attempts still running count against the address.
+        """
+        lock, holders = self._locks.get(uid, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[uid] = (lock, holders + 1)
+        try:
+            async with lock:
+                self.check(uid, address)
+                key = f"addr:{address}"
+                self._pending[key] += 1
+                try:
+                    yield
+                finally:
+                    self._pending[key] -= 1
+                    if self._pending[key] <= 0:
+                        del self._pending[key]
+        finally:
+            lock, holders = self._locks[uid]
+            if holders <= 1:
+                del self._locks[uid]
+            else:
+                self._locks[uid] = (lock, holders - 1)
 
     def failed(self, uid: str, address: str) -> None:
         """Record one failed login."""

@@ -407,3 +407,24 @@ async def test_admin_session_of_a_deleted_user_stays_dead_when_the_uid_is_reused
     assert (await client.post("/users", json={"uid": "boss", "admin": True}, headers=h)).status == 200
     resp = await client.get("/admin/users", allow_redirects=False)
     assert resp.status == 303, "the first boss's session cookie opened the new boss's admin page"
+
+
+async def test_parallel_guesses_do_not_slip_past_the_throttle(
+        tmp_path: Path, started_app_factory: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """40 wrong passwords at once with a limit of 3: 3 are checked, 37 get 429 (they all used
+    to pass the check before the first failure was counted); parallel right ones all succeed."""
+    cfg = make_config(tmp_path, login_max_failures="3", bcrypt_rounds="6")
+    client: TestClient[Any, Any] = await started_app_factory(cfg)
+    password = capsys.readouterr().out.split("<User admin:")[1].split(":True>")[0]
+    app = client.app
+    await app[store_key].add_user("carol", await app[passwords_key].hash("carols-password"), False)
+
+    async def status(uid: str, guess: str) -> int:
+        return (await client.post("/auth", json={"uid": uid, "password": guess})).status
+
+    statuses = await asyncio.gather(*(status("admin", f"guess-{i}") for i in range(40)))
+    assert statuses.count(401) == 3 and statuses.count(429) == 37, statuses
+    # Concurrent logins with the right password are not mistaken for a flood.
+    statuses = await asyncio.gather(*(status("carol", "carols-password") for _ in range(10)))
+    assert statuses == [200] * 10, statuses
+    await assert_error(await client.post("/auth", json={"uid": "admin", "password": password}), 429)
