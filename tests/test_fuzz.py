@@ -642,3 +642,65 @@ async def test_hostile_plain_text_is_neutralised_and_spoken(
     assert resp.headers["Content-Type"] == "audio/wav"
     audio = await resp.read()
     assert audio[:4] == b"RIFF" and len(audio) == int(resp.headers["Content-Length"])
+
+
+# The admin page's routes: HTML pages by design, but never a 5xx either
+
+FORM_TEXT = st.one_of(st.text(alphabet=st.characters(codec="utf-8"), max_size=40),
+                      st.lists(EDGE_CHARS.filter(lambda c: "\ud800" > c or c > "\udfff"),
+                               max_size=10).map("".join),
+                      st.integers(1000, 5000).map(lambda n: "x" * n),
+                      st.sampled_from(["on", "off", "true", "admin", "alba", "en", "gb", "male",
+                                       "espeak", "tangle", "/etc", "../../etc", "{}", "[]"]))
+FORM_FIELDS = ("csrf_token", "uid", "admin", "password", "id", "name", "gender", "engine", "dir",
+               "lang", "acc", "options", "voice_id", "text", "audio_format")
+
+
+def test_admin_page_routes_with_generated_forms(live: LiveApp) -> None:
+    """Every admin route, signed in (with the real CSRF token, or a wrong one) or not."""
+    from idlakd.admin import ROUTES as ADMIN_ROUTES
+    from tests.test_admin import csrf_of
+
+    async def sign_in() -> str:
+        """Make admin's password known, sign in, return a CSRF token of the session."""
+        app = live.app
+        if not await app[store_key].add_user("admin", await app[passwords_key].hash("pw-admin"), True):
+            await app[store_key].set_password_hash("admin", await app[passwords_key].hash("pw-admin"))
+            await app[store_key].set_admin("admin", True)
+        page = await (await live.client.get("/admin/login")).text()
+        resp = await live.client.post("/admin/login", allow_redirects=False, data={
+            "csrf_token": csrf_of(page), "uid": "admin", "password": "pw-admin"})
+        assert resp.status == 303, await resp.text()
+        return csrf_of(await (await live.client.get("/admin/users")).text())
+
+    @FUZZ
+    @given(route=st.sampled_from([(m, p) for m, p, _, _ in ADMIN_ROUTES]), data=st.data(),
+           signed_in=st.booleans(), right_csrf=st.booleans())
+    def example(route: tuple[str, str], data: st.DataObject, signed_in: bool,
+                right_csrf: bool) -> None:
+        method, path = route
+
+        async def action() -> None:
+            live.client.session.cookie_jar.clear()
+            csrf = await sign_in() if signed_in else "none"
+            form = data.draw(st.fixed_dictionaries({}, optional={f: FORM_TEXT for f in FORM_FIELDS}))
+            if right_csrf:
+                form["csrf_token"] = csrf
+            url = URL(str(live.client.make_url("/")).rstrip("/") + _fill(path, data.draw),
+                      encoded=True)
+            kwargs: dict[str, Any] = {"allow_redirects": False}
+            if method == "POST":
+                if path == "/admin/speech":
+                    kwargs |= {"data": io.BytesIO(_dump(form)),
+                               "headers": {"X-CSRF-Token": csrf if right_csrf else "x",
+                                           "Content-Type": "application/json"}}
+                else:
+                    kwargs["data"] = form
+            async with live.client.session.request(method, url, **kwargs) as resp:
+                body = await resp.read()
+                assert resp.status < 500, (resp.status, body[:500])
+                if path in ("/admin/speech",) and resp.status >= 400:
+                    assert resp.headers["Content-Type"] == "application/json"
+        live.run(action())
+
+    example()
