@@ -32,6 +32,9 @@ setup(
             "pytest-aiohttp>=1.1",
             "pytest-asyncio>=0.23",
             "hypothesis>=6.100",
+            # Property tests driven by /openapi.json; RS256 keys for the HS/RS confusion case.
+            "schemathesis>=4",
+            "cryptography>=42",
             # Browser tests of the admin page; they drive Debian's chromium (no browser download).
             "playwright>=1.40",
         ],
