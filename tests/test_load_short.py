@@ -45,5 +45,5 @@ async def test_short_load_run() -> None:
     assert summary["routes"]["POST /speech"]["ok"] > 10, summary
     # Other test processes share CI's cores, so the latency bound here is looser than the
     # full run's 50 ms; errors and memory are held to the same standard.
-    failed = load.verdict(summary, p99_ms=150.0, rss_mb=30.0)
+    failed = load.verdict(summary, p99_ms=200.0, rss_mb=30.0)
     assert not failed, (failed, summary)
