@@ -193,7 +193,7 @@ class FaultDaemon:
         config = tmp / "voiceconfig.json"
         config.write_text(json.dumps(entries))
         self.daemon = start_daemon(tmp, voice_config=str(config), idlak_root=str(STANDIN_ROOT),
-                                   synthesis_timeout_seconds="2", workers_per_voice="1",
+                                   synthesis_timeout_seconds="1.5", workers_per_voice="1",
                                    shutdown_grace_seconds="5")
         self.pools = 4  # voices that may keep one idle worker each
 
@@ -372,7 +372,7 @@ async def test_slow_reader_keeps_memory_bounded(faulty: FaultDaemon,
         assert resp.status == 200
         got = 0
         peak = before
-        for _ in range(40):  # ~4 s at 64 KiB/s: far slower than eSpeak makes audio
+        for _ in range(25):  # ~2.5 s at 64 KiB/s: far slower than eSpeak makes audio
             chunk = await resp.content.read(6400)
             got += len(chunk)
             await asyncio.sleep(0.1)
@@ -474,7 +474,7 @@ async def test_sigkill_during_writes_loses_nothing_acknowledged(tmp_path: Path) 
 
             tasks = [asyncio.create_task(t()) for t in
                      (create_users, revoke_tokens, add_voices, keep_a_stream_running)]
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.2)
             daemon.signal(signal.SIGKILL)
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -570,7 +570,7 @@ def test_openapi_operations_never_fail_and_match_the_document(
     failures: list[str] = []
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            @settings(max_examples=8, deadline=None, database=None,
+            @settings(max_examples=6, deadline=None, database=None,
                       phases=[Phase.explicit, Phase.generate],  # no shrinking: bounded time
                       suppress_health_check=list(HealthCheck))
             @given(case=operation.as_strategy(generation_mode=mode))
