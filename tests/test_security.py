@@ -428,3 +428,36 @@ async def test_parallel_guesses_do_not_slip_past_the_throttle(
     statuses = await asyncio.gather(*(status("carol", "carols-password") for _ in range(10)))
     assert statuses == [200] * 10, statuses
     await assert_error(await client.post("/auth", json={"uid": "admin", "password": password}), 429)
+
+
+def _non_loopback_address() -> str | None:
+    """An address of this machine that is not loopback (to be a 'remote' peer without a network)."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: only picks the outgoing address
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+async def test_metrics_refused_to_a_real_non_loopback_peer(tmp_path: Path) -> None:
+    """A peer on a real non-loopback address gets 403 from /metrics, with or without forged headers."""
+    from aiohttp.test_utils import TestServer
+
+    from idlakd.app import create_app
+
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to be a remote peer from")
+    server = TestServer(create_app(make_config(tmp_path)), host=address)
+    client: TestClient[Any, Any] = TestClient(server)
+    await client.start_server()
+    try:
+        for headers in ({}, {"X-Forwarded-For": "127.0.0.1"}, {"Forwarded": "for=127.0.0.1"},
+                        {"X-Real-IP": "127.0.0.1"}, {"Host": "localhost"}):
+            await assert_error(await client.get("/metrics", headers=headers), 403)
+        assert (await client.get("/voices")).status == 200
+    finally:
+        await client.close()
