@@ -271,16 +271,20 @@ class SynthService:
                           admission: Admission) -> AsyncGenerator[tuple[int, bytes], None]:
         """Yield (rate, PCM) strictly in text order while the next chunks synthesise in parallel.
 
-        The head chunk's audio is yielded as its worker sends it, so the first
-        bytes leave before the first sentence is finished; a later chunk's audio
-        waits (synthesised meanwhile) until that chunk is the head, then comes
-        out at once. Every chunk yields at least once (empty PCM if it had none).
+        The response's first audio is yielded as soon as its worker sends it,
+        before the first sentence is finished. After that the head chunk's
+        audio is yielded in pieces of _WRITE_SIZE as it arrives (fewer writes
+        and wake-ups per sentence; still far ahead of playback), and a chunk's
+        rest when it ends. A later chunk, synthesised meanwhile, comes out
+        when it becomes the head. Every chunk yields at least once (empty PCM
+        if it had no audio).
         """
         # Enough chunks in flight to keep every worker of the voice busy, plus
         # the one being written; a bound, so a long text never piles up audio.
         lookahead = pool.size + 1
         pending: list[tuple[asyncio.Task[int], _ChunkAudio]] = []
         index = 0
+        first = True
         try:
             while index < len(chunks) or pending:
                 while index < len(chunks) and len(pending) < lookahead:
@@ -293,13 +297,13 @@ class SynthService:
                 task, audio = pending[0]
                 yielded = False
                 while True:
-                    if audio.parts:
+                    if audio.size and (first or task.done() or audio.size >= _WRITE_SIZE):
                         yield audio.rate, audio.take()
-                        yielded = True
+                        yielded, first = True, False
                     elif task.done():
                         break
                     else:
-                        await audio.wait()
+                        await audio.wait(1 if first else _WRITE_SIZE)
                 rate = await task  # the chunk's failure, if any, is raised here
                 pending.pop(0)
                 if not yielded:
@@ -441,14 +445,18 @@ class _ChunkAudio:
 
     def __init__(self) -> None:
         self.rate = 0
-        self.parts: list[bytes] = []
+        self.size = 0
+        self._parts: list[bytes] = []
         self._changed = asyncio.Event()
+        self._wake_at = 1
 
     def put(self, rate: int, pcm: bytes) -> None:
         """The sink given to the pool: one audio frame arrived."""
         self.rate = rate
-        self.parts.append(pcm)
-        self._changed.set()
+        self._parts.append(pcm)
+        self.size += len(pcm)
+        if self.size >= self._wake_at:
+            self._changed.set()
 
     def finished(self, _task: asyncio.Task[Any]) -> None:
         """Done callback of the chunk's task: wake the consumer to see the end (or failure)."""
@@ -456,12 +464,14 @@ class _ChunkAudio:
 
     def take(self) -> bytes:
         """Everything that arrived since the last take, joined."""
-        pcm = b"".join(self.parts) if len(self.parts) > 1 else self.parts[0]
-        self.parts = []
+        pcm = b"".join(self._parts) if len(self._parts) > 1 else self._parts[0]
+        self._parts = []
+        self.size = 0
         return pcm
 
-    async def wait(self) -> None:
-        """Until more audio arrives or the chunk's task ends."""
+    async def wait(self, size: int) -> None:
+        """Until at least size bytes are held, or the chunk's task ended."""
+        self._wake_at = size
         self._changed.clear()
         await self._changed.wait()
 
