@@ -357,9 +357,10 @@ async def test_clients_disconnecting_at_random_points(faulty: FaultDaemon,
 
 async def test_slow_reader_keeps_memory_bounded(faulty: FaultDaemon,
                                                 session: aiohttp.ClientSession) -> None:
-    """A client reading a long stream at a trickle: the daemon's memory does not grow with it."""
+    """A client reading a long WAV stream at a trickle: the daemon's memory does not grow with it."""
+    audio_format = "wav"
     token = await faulty.token(session)
-    await faulty.speak_ok(session, token, "alba")  # warm the worker up first
+    await faulty.speak_ok(session, token, "alba", audio_format)  # warm up first
 
     def rss() -> int:
         status = Path(f"/proc/{faulty.daemon.process.pid}/status").read_text()
@@ -368,12 +369,13 @@ async def test_slow_reader_keeps_memory_bounded(faulty: FaultDaemon,
     text = " ".join(f"This is sentence number {n} of a long text that is read slowly." for n in range(150))
     before = rss()
     async with session.post(faulty.daemon.url + "/speech", headers=bearer(token), json={
-            "voice_id": "alba", "text": text}) as resp:
+            "voice_id": "alba", "text": text, "audio_format": audio_format}) as resp:
         assert resp.status == 200
         got = 0
         peak = before
-        for _ in range(25):  # ~2.5 s at 64 KiB/s: far slower than eSpeak makes audio
-            chunk = await resp.content.read(6400)
+        # ~2.5 s at 64 kB/s (wav) or 16 kB/s (mp3): far slower than eSpeak makes audio.
+        for _ in range(25):
+            chunk = await resp.content.read(6400 if audio_format == "wav" else 1600)
             got += len(chunk)
             await asyncio.sleep(0.1)
             peak = max(peak, rss())
@@ -511,3 +513,50 @@ async def test_sigkill_during_writes_loses_nothing_acknowledged(tmp_path: Path) 
         again.signal(signal.SIGTERM)
         again.process.wait(30)
         again.kill()
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "idlakd/synth/transcode.py Transcoder.aclose: on Python 3.11 process.wait() returns only "
+    "once every pipe is disconnected; ffmpeg's stdout transport was paused (nobody read it "
+    "while the slow client blocked writes), so after kill() wait() never returns: the /speech "
+    "handler never ends and SIGTERM never finishes (reported; racy, so not strict)"))
+async def test_slow_mp3_reader_then_gone_ends_its_request_and_lets_the_daemon_stop(
+        tmp_path: Path) -> None:
+    """A slow mp3 reader leaves: its request ends (access log line), memory stayed bounded, and
+    SIGTERM stops the daemon within its grace period."""
+    fd = FaultDaemon(tmp_path)
+    daemon = fd.daemon
+    try:
+        await _wait_up(daemon)
+        async with aiohttp.ClientSession() as session:
+            token = await fd.token(session)
+            await fd.speak_ok(session, token, "alba", "mp3")
+            text = " ".join(f"This is sentence number {n} of a long text that is read slowly."
+                            for n in range(150))
+            pid = daemon.process.pid
+
+            def rss() -> int:
+                status = Path(f"/proc/{pid}/status").read_text()
+                return int(next(l for l in status.splitlines()
+                                if l.startswith("VmRSS")).split()[1]) * 1024
+
+            before = peak = rss()
+            async with session.post(daemon.url + "/speech", json={
+                    "voice_id": "alba", "text": text, "audio_format": "mp3"},
+                    headers=bearer(token) | {"X-Request-Id": "slow-mp3-reader"}) as resp:
+                assert resp.status == 200
+                for _ in range(25):
+                    await resp.content.read(1600)
+                    await asyncio.sleep(0.1)
+                    peak = max(peak, rss())
+            assert peak - before < 12 * 1024 * 1024, (before, peak)
+            await fd.settled()
+            await fd.speak_ok(session, token, "alba")
+            deadline = time.monotonic() + 5
+            while "rid=slow-mp3-reader" not in daemon.log():
+                assert time.monotonic() < deadline, "the slow reader's /speech request never ended"
+                await asyncio.sleep(0.1)
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait(5 + 5) == 0, daemon.log()[-2000:]
+    finally:
+        daemon.kill()
