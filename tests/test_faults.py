@@ -386,6 +386,33 @@ async def test_slow_reader_keeps_memory_bounded(faulty: FaultDaemon,
     await faulty.speak_ok(session, token, "alba")
 
 
+@pytest.mark.xfail(reason=(
+    "idlakd/synth/service.py catches ConnectionResetError only; a write to a client that went "
+    "away raises aiohttp's bare ConnectionError('Connection lost'), which reaches the error "
+    "middleware: logged as 'Unhandled error' with a traceback and counted as a 500 (reported)"))
+async def test_client_gone_mid_stream_is_a_disconnect_not_a_crash(
+        faulty: FaultDaemon, session: aiohttp.ClientSession) -> None:
+    """Leaving mid-stream is an ordinary event: no traceback, no 500 in the access log."""
+    token = await faulty.token(session)
+    start = len(faulty.daemon.log())
+    text = " ".join(f"This is sentence number {n} of a long text." for n in range(80))
+    async with session.post(faulty.daemon.url + "/speech", json={"voice_id": "alba", "text": text},
+                            headers=bearer(token) | {"X-Request-Id": "leaves-mid-stream"}) as resp:
+        assert resp.status == 200
+        for _ in range(10):
+            await resp.content.read(1600)
+            await asyncio.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while "rid=leaves-mid-stream" not in faulty.daemon.log()[start:]:
+        assert time.monotonic() < deadline, "the request never ended"
+        await asyncio.sleep(0.1)
+    logged = faulty.daemon.log()[start:]
+    assert "Traceback" not in logged and "Unhandled error" not in logged, logged[-3000:]
+    line = next(l for l in logged.splitlines() if "rid=leaves-mid-stream" in l)
+    assert '"POST /speech" 200' in line, line
+    await faulty.settled()
+
+
 # SIGKILL of the daemon during writes
 
 def _cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
