@@ -17,6 +17,7 @@ from idlakd.errors import ServiceUnavailable
 from idlakd.models import Voice
 from idlakd.synth.protocol import (AUDIO, END, ERROR, MAX_HEADER_BYTES, READY, START,
                                    SYNTHESIZE, ProtocolError, encode_frame, read_frame)
+from idlakd.synth.reaping import reap
 from idlakd.synth.text import Chunk
 from idlakd.synth.worker import worker_argv
 
@@ -306,12 +307,12 @@ class Worker:
                 self._signal_group(signum)
             try:
                 async with asyncio.timeout(wait):
-                    await process.wait()
+                    await reap(process)
             except TimeoutError:
                 # Expected for a busy worker (it reads stdin only between chunks).
                 log.debug("Worker %s (pid %d) did not stop within %g s", self.name,
                           process.pid, wait)
-        await process.wait()
+        await reap(process)
         if signalled:
             # The worker was stopped mid-work: a program it ran may have ignored
             # SIGTERM. The group outlives its leader while any member is left.

@@ -8,6 +8,7 @@ import logging
 from typing import Final
 
 from idlakd.config import Config
+from idlakd.synth.reaping import reap
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class Transcoder:
             # Output nobody will read: no point letting ffmpeg finish.
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
-        await process.wait()
+        await reap(process)
         self._stderr_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._stderr_task
