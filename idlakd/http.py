@@ -83,7 +83,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in exc.headers.items()
                    if k.lower() in ("allow", "retry-after", "www-authenticate")}
         return error_response(exc.status, _http_exception_message(exc, request), headers)
-    except (asyncio.CancelledError, ConnectionResetError):
+    except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:
         # The one broad except: log the traceback with the request id, never send it.

@@ -101,7 +101,7 @@ async def admin_middleware(request: web.Request, handler: Handler) -> web.Stream
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
         return response
-    except (asyncio.CancelledError, ConnectionResetError):
+    except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:
         # The HTML twin of error_middleware's one broad except: a browser gets a page, not

@@ -259,7 +259,7 @@ class SynthService:
             if stream:
                 await response.write_eof()
             return response
-        except ConnectionResetError:
+        except ConnectionError:  # reset, broken pipe, or aiohttp's "Connection lost"
             self.disconnects += 1
             log.info("Client went away during /speech (voice %s)", pool.voice.id)
             return response
@@ -433,7 +433,7 @@ class SynthService:
             while block := await read_block(handle):
                 await response.write(block)
             await response.write_eof()
-        except ConnectionResetError:
+        except ConnectionError:  # reset, broken pipe, or aiohttp's "Connection lost"
             self.disconnects += 1
         finally:
             await close_file(handle)
