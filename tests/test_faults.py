@@ -386,10 +386,6 @@ async def test_slow_reader_keeps_memory_bounded(faulty: FaultDaemon,
     await faulty.speak_ok(session, token, "alba")
 
 
-@pytest.mark.xfail(reason=(
-    "idlakd/synth/service.py catches ConnectionResetError only; a write to a client that went "
-    "away raises aiohttp's bare ConnectionError('Connection lost'), which reaches the error "
-    "middleware: logged as 'Unhandled error' with a traceback and counted as a 500 (reported)"))
 async def test_client_gone_mid_stream_is_a_disconnect_not_a_crash(
         faulty: FaultDaemon, session: aiohttp.ClientSession) -> None:
     """Leaving mid-stream is an ordinary event: no traceback, no 500 in the access log."""
@@ -542,11 +538,6 @@ async def test_sigkill_during_writes_loses_nothing_acknowledged(tmp_path: Path) 
         again.kill()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "idlakd/synth/transcode.py Transcoder.aclose: on Python 3.11 process.wait() returns only "
-    "once every pipe is disconnected; ffmpeg's stdout transport was paused (nobody read it "
-    "while the slow client blocked writes), so after kill() wait() never returns: the /speech "
-    "handler never ends and SIGTERM never finishes (reported; racy, so not strict)"))
 async def test_slow_mp3_reader_then_gone_ends_its_request_and_lets_the_daemon_stop(
         tmp_path: Path) -> None:
     """A slow mp3 reader leaves: its request ends (access log line), memory stayed bounded, and
