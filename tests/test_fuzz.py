@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Mapping, TypeVar
 from urllib.parse import quote
 
+import aiohttp
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
@@ -279,13 +280,16 @@ async def send(client: TestClient[Any, Any], method: str, path: str, body: bytes
     if query:
         url = url.update_query(query)
     data = io.BytesIO(body) if body is not None else None
-    if method == "HEAD":
-        # aiohttp's parser-level 400 for an undecodable body carries a body even to HEAD,
-        # which the client then rejects; that is aiohttp's, not idlakd's, so don't provoke it.
-        hdrs = {k: v for k, v in hdrs.items() if k != "Content-Encoding"}
-    async with client.session.request(method, url, data=data, headers=dict(hdrs),
-                                      skip_auto_headers=("Content-Type",)) as resp:
-        await check_answer(resp, method)
+    try:
+        async with client.session.request(method, url, data=data, headers=dict(hdrs),
+                                          skip_auto_headers=("Content-Type",)) as resp:
+            await check_answer(resp, method)
+    except aiohttp.ClientResponseError as exc:
+        # aiohttp's parser-level 400 (a URL over 8190 bytes, an undecodable body) carries a
+        # body even to HEAD, which the client then rejects. A 400 all the same, and aiohttp's
+        # own answer, not idlakd's: the server still serves (checked after every test).
+        if not (method == "HEAD" and exc.status == 400):
+            raise
 
 
 def with_tokens(live: LiveApp, action: Callable[[dict[str, str]], Awaitable[None]]) -> None:
