@@ -24,6 +24,20 @@ STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 SYSTEMD_VARIABLES: Final = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
+async def _abort_connections_after(runner: web.AppRunner, seconds: float) -> None:
+    """At the end of the grace period cut every connection still open.
+
+    aiohttp waits shutdown_timeout for handlers, then cancels them and waits as long again;
+    a handler stuck writing to a client that stopped reading ignores that cancellation, so
+    without this a stop could take twice the grace period.
+    """
+    await asyncio.sleep(seconds)
+    server = runner.server
+    for connection in list(server.connections) if server is not None else []:
+        if connection.transport is not None:
+            connection.transport.abort()
+
+
 async def run_daemon(config: Config) -> None:
     """Serve until SIGTERM/SIGINT, then drain running requests within shutdown_grace_seconds."""
     notifier = Notifier()
@@ -64,9 +78,12 @@ async def run_daemon(config: Config) -> None:
             await stop.wait()
         notifier.notify("STOPPING=1", "STATUS=Finishing running requests")
     finally:
+        deadline = asyncio.create_task(
+            _abort_connections_after(runner, config.shutdown_grace_seconds))
         # Stops listening, runs on_shutdown, waits for running handlers, then the cleanup_ctx
         # teardown stops the workers and closes the database.
         await runner.cleanup()
+        deadline.cancel()
         if watchdog is not None:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -101,6 +102,35 @@ async def test_grace_period_bounds_the_wait(tmp_path: Path) -> None:
                     await resp.read()  # cut short: never a clean end of a truncated file
         assert await daemon.wait(timeout=20) == 0
         assert time.monotonic() - start < 10
+    finally:
+        daemon.kill()
+
+
+async def test_client_that_stopped_reading_does_not_stretch_the_grace_period(
+        tmp_path: Path) -> None:
+    """A stream stuck on a client that reads nothing is cut when the grace period ends."""
+    daemon = start_daemon(tmp_path, shutdown_grace_seconds="2")
+    try:
+        await wait_listening(daemon)
+        async with aiohttp.ClientSession() as session:
+            token = await login(session, daemon.url, "admin", daemon.admin_password())
+        text = "A long sentence about nothing in particular, said again and again. " * 200
+        body = json.dumps({"voice_id": "alba", "text": text}).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+        writer.write(b"POST /speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + token.encode() + b"\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        try:
+            await writer.drain()
+            assert (await reader.read(15)) == b"HTTP/1.1 200 OK"
+            await asyncio.sleep(1.5)  # now read nothing: the server's writes back up
+            daemon.signal(signal.SIGTERM)
+            start = time.monotonic()
+            assert await daemon.wait(timeout=20) == 0
+            # grace (2 s) plus stopping workers; aiohttp alone would wait twice the grace period
+            assert time.monotonic() - start < 3.3
+        finally:
+            writer.close()
     finally:
         daemon.kill()
 
