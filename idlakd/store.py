@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -71,6 +73,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
         # Reads use their own connection: they never queue behind a write waiting for the lock.
         self._reader: aiosqlite.Connection | None = None
 
@@ -128,20 +131,32 @@ class Store:
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A short write transaction taken with BEGIN IMMEDIATE (one writer at a time)."""
+        """A short write transaction taken with BEGIN IMMEDIATE (one writer at a time).
+
+        Writers of this process queue on a lock: on the one shared connection a second BEGIN
+        would fail at once ("within a transaction") instead of waiting its turn.
+        """
         db = self.db
-        try:
-            await db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:  # another writer held the lock past busy_timeout
-            log.warning("Database %s still locked by another writer after %d ms: %s",
-                        self.path, BUSY_TIMEOUT_MS, exc)
-            raise DatabaseBusy() from exc
-        try:
-            yield db
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        await db.execute("COMMIT")
+        async with self._write_lock:
+            begin = asyncio.ensure_future(db.execute("BEGIN IMMEDIATE"))
+            try:
+                await asyncio.shield(begin)
+            except asyncio.CancelledError:
+                # BEGIN still runs in aiosqlite's thread; end the transaction it may open.
+                with contextlib.suppress(Exception):
+                    await begin
+                    await db.execute("ROLLBACK")
+                raise
+            except sqlite3.OperationalError as exc:  # another process held the lock too long
+                log.warning("Database %s still locked by another writer after %d ms: %s",
+                            self.path, BUSY_TIMEOUT_MS, exc)
+                raise DatabaseBusy() from exc
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
 
     async def _migrate(self) -> None:
         """Apply the forward migrations the file has not seen yet."""
