@@ -12,7 +12,7 @@ from idlakd.admin import setup_admin
 from idlakd.auth import Passwords, auth_middleware, generate_password, load_or_create_secret
 from idlakd.config import Config
 from idlakd.health import setup_health
-from idlakd.http import add_request_id_header, error_middleware
+from idlakd.http import error_middleware, on_response_prepare
 from idlakd.keys import (config_key, passwords_key, runtime_key, secret_key, store_key,
                          synth_key, throttle_key)
 from idlakd.metrics import metrics_middleware, setup_metrics
@@ -100,7 +100,7 @@ def create_app(config: Config) -> web.Application:
     setup_health(app)
     setup_routes(app)
     setup_admin(app)
-    app.on_response_prepare.append(add_request_id_header)
+    app.on_response_prepare.append(on_response_prepare)
     app.on_shutdown.append(mark_stopping)
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(synth_ctx)

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from idlakd.errors import APIError
-from idlakd.keys import request_id_key, user_id_key
+from idlakd.keys import request_id_key, started_response_key, user_id_key
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("idlakd.access")
@@ -69,32 +69,45 @@ def _http_exception_message(exc: web.HTTPException, request: web.Request) -> str
     return HTTP_MESSAGES.get(exc.status, exc.reason)
 
 
+def _cut_started_stream(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """A failure after the status line: abort, so the client sees an incomplete body."""
+    log.exception("Error after the response started in %s %s [request %s]; connection aborted",
+                  request.method, request.path, request[request_id_key])
+    if request.transport is not None:
+        request.transport.abort()
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Translate APIError, aiohttp's HTTP errors and crashes into {"message"} JSON."""
     request_id(request)
     try:
         return await handler(request)
-    except APIError as exc:
-        return error_response(exc.status, exc.message, exc.headers, exc.code)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {k: v for k, v in exc.headers.items()
-                   if k.lower() in ("allow", "retry-after", "www-authenticate")}
-        return error_response(exc.status, _http_exception_message(exc, request), headers)
     except (asyncio.CancelledError, ConnectionError):
         raise
-    except Exception:
+    except Exception as exc:
+        started = request.get(started_response_key)
+        if started is not None:  # a JSON answer now would land inside the audio body
+            return _cut_started_stream(request, started)
+        if isinstance(exc, APIError):
+            return error_response(exc.status, exc.message, exc.headers, exc.code)
+        if isinstance(exc, web.HTTPException):
+            if exc.status < 400:
+                raise
+            headers = {k: v for k, v in exc.headers.items()
+                       if k.lower() in ("allow", "retry-after", "www-authenticate")}
+            return error_response(exc.status, _http_exception_message(exc, request), headers)
         # The one broad except: log the traceback with the request id, never send it.
         log.exception("Unhandled error in %s %s [request %s]",
                       request.method, request.path, request[request_id_key])
         return error_response(500, HTTP_MESSAGES[500])
 
 
-async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every response, streams included, carries X-Request-Id."""
+async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response, streams included, carries X-Request-Id; remember that it has started."""
     response.headers["X-Request-Id"] = request_id(request)
+    request[started_response_key] = response
 
 
 class AccessLogger(AbstractAccessLogger):

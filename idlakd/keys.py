@@ -32,5 +32,6 @@ admin_flashes_key: Final = web.AppKey["Flashes"]("admin_flashes")
 
 request_id_key: Final = web.RequestKey("request_id", str)
 user_id_key: Final = web.RequestKey("user_id", str)
+started_response_key: Final = web.RequestKey("started_response", web.StreamResponse)
 request_start_key: Final = web.RequestKey("request_start", float)
 token_key: Final = web.RequestKey["TokenClaims | Unauthorized"]("token")

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import pytest
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -70,3 +71,21 @@ async def test_non_utf8_and_deep_json(client: TestClient[Any, Any], admin_token:
     await assert_error(await client.post("/users", data=deep, headers=h), 400)
     await assert_error(await client.post("/users", data=b"null", headers=h), 422)
     await assert_error(await client.post("/users", data=b"123", headers=h), 422)
+
+
+async def test_failure_after_the_stream_started_aborts_instead_of_appending_json(
+        aiohttp_client: Any, app: web.Application) -> None:
+    """Never a second status line inside a started body, never a clean end: the client sees a cut."""
+    async def half_then_crash(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(b"RIFF-partial-audio")
+        raise RuntimeError("disk full")
+
+    app.router.add_post("/test-half-then-crash", half_then_crash)
+    client = await aiohttp_client(app)
+    resp = await client.post("/test-half-then-crash")
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
