@@ -272,6 +272,10 @@ async def test_voices_add_and_remove(client: TestClient[Any, Any], admin_passwor
     (tmp_path / "abr").mkdir()
     resp = await client.post("/admin/voices", data=dict(base, dir=str(tmp_path / "abr")))
     assert resp.status == 422 and "voice.conf" in await resp.text()
+    resp = await client.post("/admin/voices", data=dict(
+        base, engine="command", dir="", lang="en", acc="gb",
+        options='{"argv": ["/bin/sh", "-c", "id > /tmp/pwned"]}'))
+    assert resp.status == 422 and "only be added from the shell" in await resp.text()
     resp = await client.post("/admin/voices", data=dict(base, engine="espeak", options="{"))
     assert resp.status == 422 and "options: not valid JSON" in await resp.text()
     resp = await client.post("/admin/voices", data=dict(

@@ -392,6 +392,11 @@ def _voice_entry(form: Mapping[str, str]) -> dict[str, Any]:
     if directory and not Path(directory).expanduser().is_absolute():
         # Relative to the daemon's working directory would surprise anyone using a browser.
         raise VoiceDefinitionError("directory: give an absolute path on the server")
+    if form["engine"] == "command":
+        # A command voice runs any program as the daemon: a web session must not be able to
+        # make one; it stays a shell (CLI) or voiceconfig.json decision.
+        raise VoiceDefinitionError(
+            "engine: 'command' voices can only be added from the shell (idlakd voice add)")
     entry: dict[str, Any] = {
         "vid": form["id"].strip(), "name": form["name"].strip() or None,
         "gender": form["gender"], "engine": form["engine"] or "tangle", "dir": directory,
@@ -458,6 +463,7 @@ async def remove_voice(request: web.Request) -> web.Response:
     session, _ = await admin_form(request)
     voice_id = request.match_info["voice_id"]
     if await request.app[store_key].delete_voice(voice_id):
+        request.app[synth_key].retire(voice_id)  # its warm workers go now, not when idle
         flash(request, session, "ok", f"Voice '{voice_id}' removed")
     else:
         flash(request, session, "error", speech_api.VOICE_NOT_FOUND)
