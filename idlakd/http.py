@@ -62,7 +62,7 @@ def request_id(request: web.Request) -> str:
     return rid
 
 
-def _http_exception_message(exc: web.HTTPException, request: web.Request) -> str:
+def http_exception_message(exc: web.HTTPException, request: web.Request) -> str:
     """A helpful message for an error aiohttp raised itself."""
     if exc.status == 413:
         return f"Request body is too large: the limit is {request.client_max_size} bytes"
@@ -97,7 +97,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 raise
             headers = {k: v for k, v in exc.headers.items()
                        if k.lower() in ("allow", "retry-after", "www-authenticate")}
-            return error_response(exc.status, _http_exception_message(exc, request), headers)
+            return error_response(exc.status, http_exception_message(exc, request), headers)
         # The one broad except: log the traceback with the request id, never send it.
         log.exception("Unhandled error in %s %s [request %s]",
                       request.method, request.path, request[request_id_key])

@@ -360,10 +360,11 @@ async def test_admin_speech_streams_audio(client: TestClient[Any, Any],
 
 async def test_errors_are_pages_not_json(client: TestClient[Any, Any],
                                          admin_password: str) -> None:
-    resp = await client.get("/admin/nowhere")
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    resp = await client.get("/admin/nowhere", headers=browser)
     page = await resp.text()
     assert resp.status == 404 and resp.content_type == "text/html" and "was not found" in page
-    resp = await client.delete("/admin/users")
+    resp = await client.delete("/admin/users", headers=browser)
     assert resp.status == 405 and resp.content_type == "text/html" and "POST" in resp.headers["Allow"]
     resp = await client.get("/admin/static/admin.css")
     assert resp.status == 200 and resp.content_type == "text/css"
@@ -396,3 +397,11 @@ async def test_handler_crash_is_a_page_without_traceback(
     assert resp.status == 500 and "internal error" in page
     assert "secret detail" not in page and "Traceback" not in page
 
+
+
+async def test_unknown_admin_paths_are_json_for_api_clients_and_pages_for_browsers(
+        client: TestClient[Any, Any]) -> None:
+    await assert_error(await client.get("/admin/nope"), 404)
+    await assert_error(await client.delete("/admin"), 405)
+    resp = await client.get("/admin/nope", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert resp.status == 404 and resp.content_type == "text/html"

@@ -13,7 +13,7 @@ from aiohttp import web
 from idlakd.admin import views
 from idlakd.admin.session import SESSION_COOKIE, Flashes, clear_cookie
 from idlakd.errors import APIError
-from idlakd.http import HTTP_MESSAGES, Handler
+from idlakd.http import HTTP_MESSAGES, Handler, http_exception_message
 from idlakd.keys import admin_flashes_key, request_id_key, runtime_key
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,9 @@ async def admin_middleware(request: web.Request, handler: Handler) -> web.Stream
         response.headers.update(exc.headers)
         return response
     except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = (f"Request body is too large: the limit is {request.client_max_size} bytes"
-                   if exc.status == 413 else HTTP_MESSAGES.get(exc.status, exc.reason))
-        response = error_page(request, exc.status, message)
+        if exc.status < 400 or "text/html" not in request.headers.get("Accept", ""):
+            raise  # 404/405/413 for an API client stay the contract's JSON
+        response = error_page(request, exc.status, http_exception_message(exc, request))
         for name in ("Allow", "Retry-After"):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
