@@ -38,6 +38,12 @@ async def ensure_first_admin(store: Store, passwords: Passwords) -> str | None:
     return password
 
 
+async def passwords_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The bcrypt threads live as long as the app (they start on the first hash)."""
+    yield
+    await app[passwords_key].close()
+
+
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the database and secret, create the first admin, load voiceconfig.json."""
     config = app[config_key]
@@ -102,6 +108,7 @@ def create_app(config: Config) -> web.Application:
     setup_admin(app)
     app.on_response_prepare.append(on_response_prepare)
     app.on_shutdown.append(mark_stopping)
+    app.cleanup_ctx.append(passwords_ctx)
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(synth_ctx)
     return app

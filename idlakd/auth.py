@@ -94,6 +94,10 @@ class Passwords:
         result: bytes = await self._run(hash_password_sync, password, self.rounds)
         return result
 
+    async def close(self) -> None:
+        """Let running hashes finish, then stop the bcrypt threads."""
+        await asyncio.to_thread(self._executor.shutdown, True)
+
     async def check(self, password: str, password_hash: bytes | None) -> bool:
         """Check a password off the loop; an unknown user costs the same as a wrong password."""
         if password_hash is None:

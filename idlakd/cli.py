@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
 from idlakd import __version__
-from idlakd.auth import Passwords, generate_password
+from idlakd.auth import generate_password, hash_password_sync
 from idlakd.config import SETTINGS, Config, ConfigError, load_config
 from idlakd.errors import StoreError
 from idlakd.store import Store
@@ -116,7 +116,7 @@ def _user_add(config: Config, args: argparse.Namespace) -> int:
 
     async def action(store: Store) -> int:
         password = generate_password()
-        if not await store.add_user(args.uid, await Passwords(config.bcrypt_rounds).hash(password), args.admin):
+        if not await store.add_user(args.uid, await asyncio.to_thread(hash_password_sync, password, config.bcrypt_rounds), args.admin):
             raise CommandError(f"user '{args.uid}' already exists")
         print(f"<User {args.uid}:{password}:{args.admin}>")
         return 0
@@ -140,7 +140,7 @@ def _user_passwd(config: Config, args: argparse.Namespace) -> int:
         user = await store.get_user(args.uid)
         password = generate_password()
         if user is None or not await store.set_password_hash(
-                args.uid, await Passwords(config.bcrypt_rounds).hash(password)):
+                args.uid, await asyncio.to_thread(hash_password_sync, password, config.bcrypt_rounds)):
             raise CommandError(f"user '{args.uid}' does not exist")
         print(f"<User {user.uid}:{password}:{user.admin}>")
         return 0
