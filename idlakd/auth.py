@@ -22,6 +22,7 @@ import jwt
 from aiohttp import web
 
 from idlakd.errors import Unauthorized
+from idlakd.http import Handler
 from idlakd.keys import (config_key, passwords_key, secret_key, store_key, throttle_key,
                          token_key, user_id_key)
 from idlakd.models import User
@@ -176,7 +177,7 @@ def bearer_token(header: str | None) -> str | None:
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate only: verify the token's signature and times, keep the result on the request."""
     token = bearer_token(request.headers.get("Authorization"))
     result: TokenClaims | Unauthorized

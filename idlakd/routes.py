@@ -6,9 +6,10 @@ from aiohttp import web
 
 from idlakd import health, metrics, openapi
 from idlakd.api import auth, speech, users, voices
+from idlakd.http import Handler
 
 # path                                 handler                  access
-ROUTES: tuple[tuple[str, str, web.Handler, str], ...] = (  # type: ignore[valid-type]
+ROUTES: tuple[tuple[str, str, Handler, str], ...] = (
     ("POST",   "/auth",                      auth.login,            "public"),
     ("POST",   "/auth/expire",               auth.expire,           "user"),
     ("POST",   "/auth/password",             auth.change_password,  "user"),

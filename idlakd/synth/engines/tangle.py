@@ -89,7 +89,7 @@ class TangleEngine(Engine):
                 raise EngineError(f"no pyIdlak package under idlak_root {idlak_root}")
             sys.path.insert(0, str(search_dir))
         try:
-            import pyIdlak
+            import pyIdlak  # type: ignore[import-not-found]  # Idlak's own, not on PyPI
         except ImportError as exc:
             raise EngineError(f"cannot import pyIdlak ({exc}); set idlak_root") from exc
         level = logging.getLogger().getEffectiveLevel()
