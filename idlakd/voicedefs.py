@@ -11,6 +11,7 @@ from typing import Any, Final
 from idlakd.config import Config
 from idlakd.models import ENGINES, GENDERS, Voice
 from idlakd.synth.engines import missing_files
+from idlakd.synth.engines.tangle import read_voice_conf as tangle_voice_conf
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +25,11 @@ class VoiceDefinitionError(ValueError):
 
 def read_voice_conf(directory: Path) -> dict[str, str]:
     """The key=value lines of <directory>/voice.conf (Idlak's voice description)."""
-    path = directory / "voice.conf"
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        return tangle_voice_conf(directory)
     except OSError as exc:
-        raise VoiceDefinitionError(f"cannot read {path}: {exc.strerror}") from None
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            values[key.strip().lstrip("-")] = value.strip()
-    return values
+        raise VoiceDefinitionError(
+            f"cannot read {directory / 'voice.conf'}: {exc.strerror}") from None
 
 
 def confined_directory(raw: str, config: Config, base: Path | None = None) -> Path:

@@ -53,10 +53,6 @@ class SynthService:
         await self._cache.open()
         self._reaper = asyncio.create_task(self._reap_forever())
 
-    def stop_accepting(self) -> None:
-        """New requests get 503 from now on; running ones finish (called at shutdown)."""
-        self._accepting = False
-
     async def close(self) -> None:
         """Stop every worker and every ffmpeg, and wait until all are reaped."""
         self._accepting = False

@@ -32,15 +32,15 @@ CHUNK_SAMPLES: Final = 32768
 SCALES: Final = {"int16": 1.0, "unit": 32767.0}
 
 
-def read_voice_conf(directory: str) -> dict[str, str]:
-    """The key=value pairs of <directory>/voice.conf (comments and blank lines skipped)."""
+def read_voice_conf(directory: str | Path) -> dict[str, str]:
+    """The key=value pairs of <directory>/voice.conf; Kaldi-style `--key=value` counts as key."""
     values: dict[str, str] = {}
-    with open(Path(directory, "voice.conf"), encoding="utf-8") as conf:
+    with open(Path(directory, "voice.conf"), encoding="utf-8", errors="replace") as conf:
         for line in conf:
             line = line.strip()
             if line and not line.startswith("#") and "=" in line:
                 key, value = line.split("=", 1)
-                values[key.strip()] = value.strip()
+                values[key.strip().lstrip("-")] = value.strip()
     return values
 
 
