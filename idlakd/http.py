@@ -69,10 +69,16 @@ def http_exception_message(exc: web.HTTPException, request: web.Request) -> str:
     return HTTP_MESSAGES.get(exc.status, exc.reason)
 
 
-def _cut_started_stream(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+def _cut_started_stream(request: web.Request, response: web.StreamResponse,
+                        exc: Exception) -> web.StreamResponse:
     """A failure after the status line: abort, so the client sees an incomplete body."""
-    log.exception("Error after the response started in %s %s [request %s]; connection aborted",
-                  request.method, request.path, request[request_id_key])
+    if isinstance(exc, ConnectionError):
+        log.info("Client went away during %s %s [request %s]: %s",
+                 request.method, request.path, request[request_id_key], exc)
+    else:
+        log.exception("Error after the response started in %s %s [request %s]; "
+                      "connection aborted", request.method, request.path,
+                      request[request_id_key])
     if request.transport is not None:
         request.transport.abort()
     return response
@@ -84,12 +90,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     request_id(request)
     try:
         return await handler(request)
-    except (asyncio.CancelledError, ConnectionError):
+    except asyncio.CancelledError:
         raise
     except Exception as exc:
         started = request.get(started_response_key)
         if started is not None:  # a JSON answer now would land inside the audio body
-            return _cut_started_stream(request, started)
+            return _cut_started_stream(request, started, exc)
+        if isinstance(exc, ConnectionError):  # the client is gone: nobody to answer
+            raise
         if isinstance(exc, APIError):
             return error_response(exc.status, exc.message, exc.headers, exc.code)
         if isinstance(exc, web.HTTPException):

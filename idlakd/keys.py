@@ -35,3 +35,5 @@ user_id_key: Final = web.RequestKey("user_id", str)
 started_response_key: Final = web.RequestKey("started_response", web.StreamResponse)
 request_start_key: Final = web.RequestKey("request_start", float)
 token_key: Final = web.RequestKey["TokenClaims | Unauthorized"]("token")
+
+disconnect_counted_key: Final = web.ResponseKey("disconnect_counted", bool)

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from idlakd.config import Config
 from idlakd.errors import APIError, ServiceUnavailable, Unprocessable
+from idlakd.keys import disconnect_counted_key
 from idlakd.models import Voice
 from idlakd.synth import wav
 from idlakd.synth.cache import AudioCache, CacheEntryWriter, cache_key, close_file, read_block
@@ -47,6 +48,25 @@ class SynthService:
         self.disconnects = 0
 
     # -- lifecycle -------------------------------------------------------
+
+    def _count_disconnect(self, response: web.StreamResponse) -> bool:
+        """Count a client that went away once, however many layers notice it."""
+        if response.get(disconnect_counted_key):
+            return False
+        response[disconnect_counted_key] = True
+        self.disconnects += 1
+        return True
+
+    async def _send(self, response: web.StreamResponse, data: bytes) -> None:
+        """Write to the client; one that takes nothing for synthesis_timeout_seconds is let go.
+
+        Without this a client that stops reading holds its stream (and ffmpeg) forever.
+        """
+        try:
+            async with asyncio.timeout(self._config.synthesis_timeout_seconds):
+                await response.write(data)
+        except TimeoutError:
+            raise ConnectionResetError("the client stopped reading") from None
 
     async def start(self) -> None:
         """Open the cache and start the idle-worker reaper (workers themselves start lazily)."""
@@ -173,8 +193,7 @@ class SynthService:
             return await work
         except asyncio.CancelledError:
             transport = request.transport
-            if transport is None or transport.is_closing():
-                self.disconnects += 1
+            if (transport is None or transport.is_closing()) and self._count_disconnect(response):
                 log.info("Client went away during /speech (voice %s); its synthesis stopped",
                          voice.id)
             task = asyncio.current_task()
@@ -255,9 +274,11 @@ class SynthService:
             if stream:
                 await response.write_eof()
             return response
-        except ConnectionError:  # reset, broken pipe, or aiohttp's "Connection lost"
-            self.disconnects += 1
+        except ConnectionError:  # reset, broken pipe, aiohttp's "Connection lost", or stalled
+            self._count_disconnect(response)
             log.info("Client went away during /speech (voice %s)", pool.voice.id)
+            if request.transport is not None:
+                request.transport.abort()
             return response
         finally:
             if writer is not None and not committed:
@@ -317,14 +338,14 @@ class SynthService:
                            writer: CacheEntryWriter | None) -> None:
         """Write audio to a prepared chunked response as each piece arrives (through ffmpeg if given)."""
         if transcoder is None:
-            await response.write(wav.streaming_header(rate))
+            await self._send(response, wav.streaming_header(rate))
             if writer is not None:
                 await writer.write(wav.exact_header(rate, 0))
             data_bytes = 0
             pcm: bytes | None = first
             while pcm is not None:
                 for offset in range(0, len(pcm), _WRITE_SIZE):
-                    await response.write(pcm[offset:offset + _WRITE_SIZE])
+                    await self._send(response, pcm[offset:offset + _WRITE_SIZE])
                 if writer is not None:
                     await writer.write(pcm)
                 data_bytes += len(pcm)
@@ -336,7 +357,7 @@ class SynthService:
         try:
             try:
                 while data := await transcoder.read():
-                    await response.write(data)
+                    await self._send(response, data)
                     if writer is not None:
                         await writer.write(data)
             except TranscodeError:
@@ -412,7 +433,7 @@ class SynthService:
         response.content_length = len(body)
         await response.prepare(request)
         for offset in range(0, len(body), _WRITE_SIZE):
-            await response.write(body[offset:offset + _WRITE_SIZE])
+            await self._send(response, body[offset:offset + _WRITE_SIZE])
         await response.write_eof()
 
     async def _send_cached(self, request: web.Request, handle: Any, size: int, audio_format: str,
@@ -427,10 +448,12 @@ class SynthService:
         try:
             await response.prepare(request)
             while block := await read_block(handle):
-                await response.write(block)
+                await self._send(response, block)
             await response.write_eof()
-        except ConnectionError:  # reset, broken pipe, or aiohttp's "Connection lost"
-            self.disconnects += 1
+        except ConnectionError:  # reset, broken pipe, aiohttp's "Connection lost", or stalled
+            self._count_disconnect(response)
+            if request.transport is not None:
+                request.transport.abort()
         finally:
             await close_file(handle)
         return response
