@@ -33,6 +33,12 @@ class Unauthorized(APIError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(APIError):
+    """403: authenticated or not, this request may not do this (CSRF, non-local /metrics)."""
+
+    status = 403
+
+
 class NotFound(APIError):
     """404: the thing asked for does not exist."""
 

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from idlakd.errors import APIError
+from idlakd.errors import Forbidden
 from idlakd.http import Handler
 from idlakd.keys import config_key, metrics_key, request_start_key, synth_key
 
@@ -31,12 +31,6 @@ LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 TTFB_BUCKETS: Final = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 SPEECH_ROUTE: Final = "/speech"
-
-
-class Forbidden(APIError):
-    """403: the metrics are served to local addresses only."""
-
-    status = 403
 
 
 class Metrics:

@@ -23,7 +23,8 @@ from idlakd.api import speech as speech_api
 from idlakd.api.users import (add_user, check_new_user, remove_user, reset_user_password,
                               toggle_user_admin)
 from idlakd.auth import ADMIN_REQUIRED, token_lifetime_seconds, verify_login
-from idlakd.errors import APIError, NotFound, TooManyRequests, Unauthorized, Unprocessable
+from idlakd.errors import (Forbidden, NotFound, TooManyRequests, Unauthorized,
+                           Unprocessable)
 from idlakd.keys import (admin_flashes_key, config_key, runtime_key, secret_key,
                          store_key, synth_key, token_key, user_id_key)
 from idlakd.models import ENGINES, GENDERS, Voice
@@ -52,12 +53,6 @@ class SignInRequired(Exception):
     def __init__(self, reason: str | None) -> None:
         super().__init__(reason or "")
         self.reason = reason
-
-
-class Forbidden(APIError):
-    """403: a form or request without a valid CSRF token."""
-
-    status = 403
 
 
 def templates_dir() -> Path:
