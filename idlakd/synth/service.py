@@ -57,7 +57,7 @@ class SynthService:
         self.disconnects += 1
         return True
 
-    async def _send(self, response: web.StreamResponse, data: bytes) -> None:
+    async def _send(self, response: web.StreamResponse, data: bytes | memoryview) -> None:
         """Write to the client; one that takes nothing for synthesis_timeout_seconds is let go.
 
         Without this a client that stops reading holds its stream (and ffmpeg) forever.
@@ -416,24 +416,30 @@ class SynthService:
         parts = [first]
         while (pcm := await _next_pcm(pieces, rate)) is not None:
             parts.append(pcm)
-        pcm_all = b"".join(parts)
-        del parts
+        blocks: list[bytes]
         if audio_format == "wav":
-            body = wav.exact_header(rate, len(pcm_all)) + pcm_all
+            # The header knows the size up front: the PCM pieces go out as they are, no join.
+            blocks = [wav.exact_header(rate, sum(len(p) for p in parts)), *parts]
         else:
+            pcm_all = b"".join(parts)
+            del parts
             try:
                 body = await encode(ffmpeg_executable(self._config), audio_format, rate, pcm_all)
             except (TranscodeError, OSError) as exc:
                 self.failures += 1
                 log.error("Encoding %s failed: %s", audio_format, exc)
                 raise APIError(SYNTHESIS_FAILED) from None
-        del pcm_all
+            del pcm_all
+            blocks = [body]
         if writer is not None:
-            await writer.write(body)
-        response.content_length = len(body)
+            for block in blocks:
+                await writer.write(block)
+        response.content_length = sum(len(b) for b in blocks)
         await response.prepare(request)
-        for offset in range(0, len(body), _WRITE_SIZE):
-            await self._send(response, body[offset:offset + _WRITE_SIZE])
+        for block in blocks:
+            view = memoryview(block)
+            for offset in range(0, len(view), _WRITE_SIZE):
+                await self._send(response, view[offset:offset + _WRITE_SIZE])
         await response.write_eof()
 
     async def _send_cached(self, request: web.Request, handle: Any, size: int, audio_format: str,
