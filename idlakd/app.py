@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -11,6 +13,7 @@ from aiohttp import web
 from idlakd.admin import setup_admin
 from idlakd.auth import Passwords, auth_middleware, generate_password, load_or_create_secret
 from idlakd.config import Config
+from idlakd.errors import StoreError
 from idlakd.health import setup_health
 from idlakd.http import error_middleware, on_response_prepare
 from idlakd.keys import (config_key, passwords_key, runtime_key, secret_key, store_key,
@@ -26,6 +29,7 @@ from idlakd.voicedefs import load_voice_config
 log = logging.getLogger(__name__)
 
 FIRST_ADMIN_UID = "admin"
+VOICE_SYNC_SECONDS = 30
 
 
 async def ensure_first_admin(store: Store, passwords: Passwords) -> str | None:
@@ -70,13 +74,33 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.close()
 
 
+async def retire_stale_pools(app: web.Application) -> None:
+    """Stop the workers of voices removed or changed in the database (e.g. by the CLI)."""
+    voices = await app[store_key].list_voices()
+    app[synth_key].sync_voices({v.id: v.version for v in voices})
+
+
+async def _retire_stale_pools_forever(app: web.Application) -> None:
+    """Every VOICE_SYNC_SECONDS; a changed voice is also noticed on its next request."""
+    while True:
+        await asyncio.sleep(VOICE_SYNC_SECONDS)
+        try:
+            await retire_stale_pools(app)
+        except (StoreError, sqlite3.Error) as exc:  # the database is busy: try next time
+            log.warning("Could not check voices for removed ones: %s", exc)
+
+
 async def synth_ctx(app: web.Application) -> AsyncIterator[None]:
     """Start the synthesis service after storage; stop every worker before storage closes."""
     service = app[synth_key]
     await service.start()
+    sync = asyncio.create_task(_retire_stale_pools_forever(app))
     try:
         yield
     finally:
+        sync.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sync
         await service.close()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, AsyncGenerator, AsyncIterator, Final
+from typing import Any, AsyncGenerator, AsyncIterator, Final, Mapping
 
 from aiohttp import web
 
@@ -123,6 +123,13 @@ class SynthService:
         if pool is not None:
             pool.retire()
             self._retired.add(pool)
+
+    def sync_voices(self, versions: Mapping[str, str]) -> None:
+        """Retire the pool of every voice that is gone or changed (versions: id -> version)."""
+        for voice_id, pool in list(self._pools.items()):
+            if versions.get(voice_id) != pool.version:
+                log.info("Voice %s removed or changed: retiring its workers", voice_id)
+                self.retire(voice_id)
 
     def worker_pids(self) -> list[int]:
         """Process ids of every worker and ffmpeg this service runs (tests check none is left)."""

@@ -1,4 +1,4 @@
-"""A client that stops reading mid-stream is let go after synthesis_timeout_seconds."""
+"""Streams and pools let go of what nobody needs: stalled clients, removed voices."""
 
 from __future__ import annotations
 
@@ -37,3 +37,26 @@ async def test_stalled_reader_is_dropped_and_its_work_stops(tmp_path: Path,
         assert service.busy_pids() == []
     finally:
         writer.close()
+
+
+async def test_voice_removed_from_the_database_retires_its_workers(
+        tmp_path: Path, started_app_factory: Any) -> None:
+    """`idlakd voice remove` (another process) makes the daemon stop that voice's workers."""
+    from idlakd.app import retire_stale_pools
+    from idlakd.keys import store_key
+
+    cfg = make_config(tmp_path, authorization="false")
+    client = await started_app_factory(cfg)
+    service = client.app[synth_key]
+    for voice_id in ("alba", "callum"):
+        resp = await client.post("/speech", json={"voice_id": voice_id, "text": "Hello."})
+        assert resp.status == 200 and len(await resp.read()) > 1000
+    assert set(service.stats()["voices"]) == {"alba", "callum"}
+    await client.app[store_key].delete_voice("alba")
+    await retire_stale_pools(client.app)
+    assert set(service.stats()["voices"]) == {"callum"}
+    for _ in range(100):
+        if len(service.worker_pids()) == service.stats()["voices"]["callum"]["workers"]:
+            break
+        await asyncio.sleep(0.05)
+    assert len(service.worker_pids()) == service.stats()["voices"]["callum"]["workers"]
