@@ -116,7 +116,8 @@ def _user_add(config: Config, args: argparse.Namespace) -> int:
 
     async def action(store: Store) -> int:
         password = generate_password()
-        if not await store.add_user(args.uid, await asyncio.to_thread(hash_password_sync, password, config.bcrypt_rounds), args.admin):
+        password_hash = await asyncio.to_thread(hash_password_sync, password, config.bcrypt_rounds)
+        if not await store.add_user(args.uid, password_hash, args.admin):
             raise CommandError(f"user '{args.uid}' already exists")
         print(f"<User {args.uid}:{password}:{args.admin}>")
         return 0
@@ -138,9 +139,11 @@ def _user_passwd(config: Config, args: argparse.Namespace) -> int:
     """idlakd user passwd UID: a new generated password (recovery of a lost admin password)."""
     async def action(store: Store) -> int:
         user = await store.get_user(args.uid)
+        if user is None:
+            raise CommandError(f"user '{args.uid}' does not exist")
         password = generate_password()
-        if user is None or not await store.set_password_hash(
-                args.uid, await asyncio.to_thread(hash_password_sync, password, config.bcrypt_rounds)):
+        password_hash = await asyncio.to_thread(hash_password_sync, password, config.bcrypt_rounds)
+        if not await store.set_password_hash(args.uid, password_hash):
             raise CommandError(f"user '{args.uid}' does not exist")
         print(f"<User {user.uid}:{password}:{user.admin}>")
         return 0
