@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from daemon_helpers import Daemon, SLOW_WAV, start_daemon
+from daemon_helpers import SLOW_WAV, Daemon, start_daemon, wait_listening
 from daemon_helpers import login as daemon_login
 from idlakd import store as store_module
 from tests.conftest import REPO, assert_error, bearer, login, make_config
@@ -418,21 +418,6 @@ def _cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           env=env, timeout=60, cwd=REPO)
 
 
-async def _wait_up(daemon: Daemon) -> None:
-    deadline = time.monotonic() + 30
-    async with aiohttp.ClientSession() as s:
-        while True:
-            assert daemon.process.poll() is None, daemon.log()
-            try:
-                async with s.get(daemon.url + "/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            assert time.monotonic() < deadline, daemon.log()
-            await asyncio.sleep(0.05)
-
-
 async def test_sigkill_during_writes_loses_nothing_acknowledged(tmp_path: Path) -> None:
     """Users, revocations and voices acknowledged before a SIGKILL are all there after restart."""
     marker = f"idlakd-kill-{os.getpid()}"
@@ -450,7 +435,7 @@ async def test_sigkill_during_writes_loses_nothing_acknowledged(tmp_path: Path) 
     revoked: list[str] = []
     voices: list[str] = []
     try:
-        await _wait_up(daemon)
+        await wait_listening(daemon)
         password = daemon.admin_password()
         stop = asyncio.Event()
         async with aiohttp.ClientSession() as session:
@@ -517,7 +502,7 @@ async def test_sigkill_during_writes_loses_nothing_acknowledged(tmp_path: Path) 
     # Restart on the same state: everything acknowledged is there and works.
     again = start_daemon(tmp_path / "second", state_dir=str(state), voice_config=str(config))
     try:
-        await _wait_up(again)
+        await wait_listening(again)
         assert "<User admin:" not in again.output()
         async with aiohttp.ClientSession() as session:
             for uid, user_password in users.items():
@@ -545,7 +530,7 @@ async def test_slow_mp3_reader_then_gone_ends_its_request_and_lets_the_daemon_st
     fd = FaultDaemon(tmp_path)
     daemon = fd.daemon
     try:
-        await _wait_up(daemon)
+        await wait_listening(daemon)
         async with aiohttp.ClientSession() as session:
             token = await fd.token(session)
             await fd.speak_ok(session, token, "alba", "mp3")

@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from typing import Any, BinaryIO, Final
+from typing import IO, Any, BinaryIO, Final
 
 MAX_HEADER_BYTES: Final = 64 * 1024
 # Audio frames stay small so the daemon can forward PCM promptly and no frame
@@ -146,7 +146,7 @@ async def read_frame(reader: asyncio.StreamReader, timeout: float | None) -> Fra
         return await _read_frame(reader)
 
 
-def _read_exactly_sync(stream: BinaryIO, count: int) -> bytes:
+def read_exactly_sync(stream: IO[bytes], count: int) -> bytes:
     """Read exactly count bytes, looping over short reads; shorter only at EOF."""
     parts: list[bytes] = []
     remaining = count
@@ -169,7 +169,7 @@ def read_frame_sync(stream: BinaryIO) -> Frame | None:
             raise ProtocolError(f"frame header exceeds {MAX_HEADER_BYTES} bytes")
         raise ProtocolError(f"EOF inside a frame header after {len(line)} bytes")
     kind, header, length = _parse_header(line)
-    payload = _read_exactly_sync(stream, length) if length else b""
+    payload = read_exactly_sync(stream, length) if length else b""
     if len(payload) != length:
         raise ProtocolError(f"EOF inside a {kind!r} payload: {len(payload)} of {length} bytes")
     return Frame(kind, header, payload)

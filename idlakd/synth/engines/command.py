@@ -25,6 +25,7 @@ from array import array
 from typing import IO, Any, Final, Iterator, Mapping
 
 from idlakd.synth.engines import Engine, EngineError, command_program
+from idlakd.synth.protocol import read_exactly_sync
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +45,6 @@ class NoOutputError(CommandError):
     """The command wrote nothing at all on stdout."""
 
 
-def _read_exactly(stream: IO[bytes], count: int) -> bytes:
-    """Read count bytes, fewer only at EOF."""
-    parts: list[bytes] = []
-    while count > 0:
-        chunk = stream.read(count)
-        if not chunk:
-            break
-        parts.append(chunk)
-        count -= len(chunk)
-    return b"".join(parts)
-
-
 def _downmix(data: bytes, channels: int) -> bytes:
     """Average interleaved s16le channels into mono s16le."""
     samples = array("h", data)
@@ -70,20 +59,20 @@ def _downmix(data: bytes, channels: int) -> bytes:
 
 def read_wav_stream(stream: IO[bytes]) -> tuple[int, Iterator[bytes]]:
     """Parse a WAV header from a stream: (sample_rate, iterator of mono s16le PCM chunks)."""
-    riff = _read_exactly(stream, 12)
+    riff = read_exactly_sync(stream, 12)
     if not riff:
         raise NoOutputError("the program wrote no output")
     if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
         raise CommandError(f"output is not a RIFF/WAVE file (starts {riff[:12]!r})")
     channels = rate = 0
     while True:
-        head = _read_exactly(stream, 8)
+        head = read_exactly_sync(stream, 8)
         if len(head) < 8:
             raise CommandError("WAV output ended before its data chunk")
         chunk_id, size = head[:4], struct.unpack("<I", head[4:])[0]
         if chunk_id == b"data":
             break
-        body = _read_exactly(stream, size + (size & 1))  # chunks are padded to even sizes
+        body = read_exactly_sync(stream, size + (size & 1))  # chunks are padded to even sizes
         if chunk_id != b"fmt ":
             continue
         if len(body) < 16:
