@@ -48,7 +48,31 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "else the one installed with idlakd."),
     Setting("max_body_bytes", "int", "1048576", "Largest accepted request body in bytes (413 above)."),
     Setting("max_text_length", "int", "20000", "Largest text accepted by /speech, in characters (413 above)."),
+    Setting("max_audio_seconds", "float", "1800",
+            "Most seconds of audio one /speech request may produce: refused with 413 before "
+            "synthesis when the text's estimate is over it, cut (aborted stream) if the engine "
+            "overshoots."),
+    Setting("max_break_share", "float", "0.5",
+            "Most share (0-1) of a request's estimated audio that markup breaks may take; "
+            "a single break is at most 10 s whatever this says."),
+    Setting("spool_bytes", "int", "8388608",
+            "stream:false answers are held in memory up to this many bytes, then spooled "
+            "to a temporary file."),
+    Setting("worker_memory_mb", "int", "1024",
+            "Address-space limit of each synthesis worker process in MiB (RLIMIT_AS); 0: none."),
+    Setting("header_timeout_seconds", "float", "10",
+            "A client must send a request's headers within this many seconds of connecting "
+            "(or of its previous response), else the connection is closed."),
+    Setting("body_timeout_seconds", "float", "30",
+            "A request body must arrive within this many seconds, else 408 and close."),
+    Setting("max_connections", "int", "2000",
+            "Most open client connections; beyond it new connections are closed at once."),
     Setting("bcrypt_rounds", "int", "12", "bcrypt cost factor for stored passwords (4-31)."),
+    Setting("login_max_pending", "int", "32",
+            "Most password checks waiting for a bcrypt thread; beyond it 503 with Retry-After."),
+    Setting("login_max_attempts_per_address", "int", "300",
+            "Login attempts (right or wrong) allowed per client address within "
+            "login_window_seconds before 429."),
     Setting("login_max_failures", "int", "10",
             "Failed logins allowed per uid within login_window_seconds before 429."),
     Setting("login_max_failures_per_address", "int", "100",
@@ -130,7 +154,16 @@ class Config:
     voice_config: Path | None
     max_body_bytes: int
     max_text_length: int
+    max_audio_seconds: float
+    max_break_share: float
+    spool_bytes: int
+    worker_memory_mb: int
+    header_timeout_seconds: float
+    body_timeout_seconds: float
+    max_connections: int
     bcrypt_rounds: int
+    login_max_pending: int
+    login_max_attempts_per_address: int
     login_max_failures: int
     login_max_failures_per_address: int
     login_window_seconds: int
@@ -219,11 +252,17 @@ def load_config(
         raise ConfigError(f"setting 'port': {raw['port']!r} is not a TCP port (1-65535)")
     for name in ("token_expiration_minutes", "workers_per_voice", "max_concurrent_syntheses",
                  "max_body_bytes", "max_text_length", "login_max_failures",
-                 "login_max_failures_per_address", "login_window_seconds"):
+                 "login_max_failures_per_address", "login_window_seconds", "max_connections",
+                 "login_max_pending", "login_max_attempts_per_address"):
         if values[name] < 1:
             raise ConfigError(f"setting '{name}': {raw[name]!r} must be at least 1")
     if not 4 <= values["bcrypt_rounds"] <= 31:
         raise ConfigError(f"setting 'bcrypt_rounds': {raw['bcrypt_rounds']!r} must be 4 to 31")
+    for name in ("max_audio_seconds", "header_timeout_seconds", "body_timeout_seconds"):
+        if values[name] <= 0:
+            raise ConfigError(f"setting '{name}': must be more than 0")
+    if values["max_break_share"] > 1:
+        raise ConfigError("setting 'max_break_share': must be from 0 to 1")
     if values["synthesis_timeout_seconds"] <= 0:
         raise ConfigError("setting 'synthesis_timeout_seconds': must be more than 0")
     state_dir = values["state_dir"] or default_state_dir(env)
