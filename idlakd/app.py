@@ -13,6 +13,7 @@ from aiohttp import web
 from idlakd.admin import setup_admin
 from idlakd.auth import Passwords, auth_middleware, generate_password, load_or_create_secret
 from idlakd.config import Config
+from idlakd.connections import body_deadline_middleware
 from idlakd.errors import StoreError
 from idlakd.health import setup_health
 from idlakd.http import error_middleware, on_response_prepare
@@ -116,15 +117,18 @@ def create_app(config: Config) -> web.Application:
                     "anyone who can reach %s:%d", config.host, config.port)
     app = web.Application(
         # metrics outermost, so it times and counts the final status error_middleware produced.
-        middlewares=[metrics_middleware, error_middleware, auth_middleware],
+        # body_deadline inside error_middleware: it answers its own 408, nothing logs a traceback.
+        middlewares=[metrics_middleware, error_middleware, body_deadline_middleware,
+                     auth_middleware],
         client_max_size=config.max_body_bytes,
     )
     app[config_key] = config
     app[runtime_key] = Runtime()
-    app[passwords_key] = Passwords(config.bcrypt_rounds)
-    app[throttle_key] = LoginThrottle(config.login_max_failures,
-                                      config.login_max_failures_per_address,
-                                      config.login_window_seconds)
+    app[passwords_key] = Passwords(config.bcrypt_rounds, max_pending=config.login_max_pending)
+    app[throttle_key] = LoginThrottle(
+        config.login_max_failures, config.login_max_failures_per_address,
+        config.login_window_seconds,
+        max_attempts_per_address=config.login_max_attempts_per_address)
     app[synth_key] = SynthService(config)
     setup_metrics(app)
     setup_health(app)

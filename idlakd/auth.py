@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import secrets
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Callable, Deque, Final
 
 import bcrypt
 import jwt
 from aiohttp import web
 
-from idlakd.errors import Unauthorized
+from idlakd.errors import ServiceUnavailable, Unauthorized
 from idlakd.http import Handler
 from idlakd.keys import (config_key, passwords_key, secret_key, store_key, throttle_key,
                          token_key, user_id_key)
@@ -33,6 +35,8 @@ ALGORITHM: Final = "HS256"
 BCRYPT_ROUNDS: Final = 12
 BCRYPT_NICE: Final = 10
 SECRET_BYTES: Final = 64
+# More bcrypt threads than this buys nothing for a login page and takes CPU from synthesis.
+MAX_BCRYPT_THREADS: Final = 4
 
 MISSING_HEADER: Final = "Missing Authorization Header"
 INVALID_TOKEN: Final = "Access token is invalid"
@@ -40,6 +44,7 @@ EXPIRED_TOKEN: Final = "Access token has expired"
 NO_SUCH_USER: Final = "The user with such access token does not exist"
 ADMIN_REQUIRED: Final = "Admin permissions required"
 LOGIN_INCORRECT: Final = "Login details are incorrect"
+LOGINS_BUSY: Final = "Too many logins are being checked, try again later"
 
 
 def generate_password() -> str:
@@ -71,42 +76,154 @@ def _yield_cpu_to_the_loop() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BCRYPT_NICE)
 
 
-class Passwords:
-    """bcrypt on its own few low-priority threads, with a dummy hash for unknown users.
+def bcrypt_threads() -> int:
+    """Threads for bcrypt: the cores this process may run on, at most MAX_BCRYPT_THREADS."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_BCRYPT_THREADS))
 
-    A login flood must not starve the event loop: at most cores-1 hashes run at once (one on
-    a 2-core machine), and their threads are niced, so requests that need no bcrypt stay fast.
+
+@dataclasses.dataclass(eq=False)
+class _Job:
+    """One bcrypt call waiting for a thread: what to run, for whom, and who waits for it."""
+
+    key: str
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+
+
+class Passwords:
+    """bcrypt on a few niced threads behind a bounded, fair queue; a dummy hash for unknown uids.
+
+    A login flood must neither starve the event loop nor the other clients: at most `threads`
+    hashes run at once on niced threads (requests that need no bcrypt stay fast); at most
+    `max_pending` checks wait, and beyond that a check fails at once with 503. Waiting checks
+    are served round-robin by client address, and a full queue makes room for an address with
+    fewer waiting checks by refusing the newest check of the address with the most, so a
+    flood from a few addresses delays a login from another by a few checks, not by the flood.
     """
 
-    def __init__(self, rounds: int = BCRYPT_ROUNDS) -> None:
+    def __init__(self, rounds: int = BCRYPT_ROUNDS, max_pending: int = 32,
+                 threads: int | None = None) -> None:
         self.rounds = rounds
+        self.max_pending = max_pending
+        self.threads = threads or bcrypt_threads()
         self._dummy: bytes | None = None
         # Threads start lazily, on the first hash: creating the app does no I/O.
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="bcrypt",
+            max_workers=self.threads, thread_name_prefix="bcrypt",
             initializer=_yield_cpu_to_the_loop)
+        self._running = 0
+        # Waiting jobs per key, keys in round-robin order (the next to serve first).
+        self._queues: collections.OrderedDict[str, Deque[_Job]] = collections.OrderedDict()
+        self._queued = 0
+        self._seconds_per_call = 0.0  # moving average, for Retry-After
 
-    async def _run(self, func: Any, *args: Any) -> Any:
-        """Run a blocking bcrypt call on the bcrypt threads."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+    def _busy(self) -> ServiceUnavailable:
+        """The 503 for a check that cannot wait: Retry-After is the time to drain the queue."""
+        seconds = (self._queued + self._running) * self._seconds_per_call / self.threads
+        return ServiceUnavailable(LOGINS_BUSY, retry_after=max(1, math.ceil(seconds)))
+
+    def _make_room(self, key: str) -> None:
+        """With the queue full, refuse the newest job of the key with the most waiting, or raise."""
+        mine = len(self._queues.get(key, ()))
+        victim_key = max(self._queues, key=lambda k: len(self._queues[k]))
+        if len(self._queues[victim_key]) <= mine:
+            raise self._busy()
+        victim_queue = self._queues[victim_key]
+        victim = victim_queue.pop()
+        if not victim_queue:
+            del self._queues[victim_key]
+        self._queued -= 1
+        if not victim.future.done():
+            victim.future.set_exception(self._busy())
+
+    async def _run(self, key: str, func: Callable[..., Any], *args: Any,
+                   bounded: bool = True) -> Any:
+        """Run a blocking bcrypt call on the bcrypt threads, queued fairly behind key."""
+        job = _Job(key, func, args, asyncio.get_running_loop().create_future())
+        if self._running < self.threads and not self._queued:
+            self._start(job)
+        else:
+            if bounded and self._queued >= self.max_pending:
+                self._make_room(key)
+            self._queues.setdefault(key, collections.deque()).append(job)
+            self._queued += 1
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self._forget(job)  # a caller that gave up frees its place at once
+            raise
+
+    def _forget(self, job: _Job) -> None:
+        """Take a job out of the queue if it is still waiting there."""
+        queue = self._queues.get(job.key)
+        if queue is not None and job in queue:
+            queue.remove(job)
+            self._queued -= 1
+            if not queue:
+                del self._queues[job.key]
+
+    def _start(self, job: _Job) -> None:
+        """Hand a job to a bcrypt thread; its end starts the next one."""
+        self._running += 1
+        started = time.perf_counter()
+        done = asyncio.get_running_loop().run_in_executor(self._executor, job.func, *job.args)
+
+        def finished(result: asyncio.Future[Any]) -> None:
+            self._running -= 1
+            elapsed = time.perf_counter() - started
+            self._seconds_per_call = (elapsed if not self._seconds_per_call
+                                      else 0.8 * self._seconds_per_call + 0.2 * elapsed)
+            if not job.future.done():  # the caller may have been cancelled meanwhile
+                if result.cancelled():
+                    job.future.cancel()
+                elif (exc := result.exception()) is not None:
+                    job.future.set_exception(exc)
+                else:
+                    job.future.set_result(result.result())
+            self._next()
+
+        done.add_done_callback(finished)
+
+    def _next(self) -> None:
+        """Start waiting jobs while threads are free, one key after another."""
+        while self._running < self.threads and self._queues:
+            key, queue = next(iter(self._queues.items()))
+            job = queue.popleft()
+            self._queued -= 1
+            if queue:
+                self._queues.move_to_end(key)  # the next key's turn
+            else:
+                del self._queues[key]
+            if not job.future.done():  # skip callers that gave up while waiting
+                self._start(job)
 
     async def hash(self, password: str) -> bytes:
-        """Hash a password off the event loop."""
-        result: bytes = await self._run(hash_password_sync, password, self.rounds)
+        """Hash a password off the event loop (not refused when busy: only signed-in users hash)."""
+        result: bytes = await self._run("", hash_password_sync, password, self.rounds,
+                                        bounded=False)
         return result
 
     async def close(self) -> None:
         """Let running hashes finish, then stop the bcrypt threads."""
         await asyncio.to_thread(self._executor.shutdown, True)
 
-    async def check(self, password: str, password_hash: bytes | None) -> bool:
-        """Check a password off the loop; an unknown user costs the same as a wrong password."""
+    async def check(self, password: str, password_hash: bytes | None, key: str = "") -> bool:
+        """Check a password off the loop; an unknown user costs the same as a wrong password.
+
+        key (the client address) decides the check's place in the queue; raises
+        ServiceUnavailable when too many checks wait already.
+        """
         if password_hash is None:
             if self._dummy is None:
                 self._dummy = await self.hash(secrets.token_urlsafe(16))
-            await self._run(check_password_sync, password, self._dummy)
+            await self._run(key, check_password_sync, password, self._dummy)
             return False
-        return bool(await self._run(check_password_sync, password, password_hash))
+        return bool(await self._run(key, check_password_sync, password, password_hash))
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -222,12 +339,13 @@ async def require_admin(request: web.Request) -> User:
 async def verify_login(app: web.Application, uid: str, password: str, address: str) -> None:
     """The one password check (API, password change, admin page): throttled, same cost for all.
 
-    Raises TooManyRequests while uid or address is throttled, Unauthorized when wrong.
+    Raises TooManyRequests while uid or address is throttled or the address used its attempts,
+    ServiceUnavailable when too many checks wait already, Unauthorized when wrong.
     """
     throttle = app[throttle_key]
     async with throttle.attempt(uid, address):
         stored_hash = await app[store_key].get_password_hash(uid)
-        if not await app[passwords_key].check(password, stored_hash):
+        if not await app[passwords_key].check(password, stored_hash, key=address):
             throttle.failed(uid, address)
             raise Unauthorized(LOGIN_INCORRECT)
         throttle.succeeded(uid)

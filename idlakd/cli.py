@@ -16,7 +16,7 @@ from idlakd.auth import generate_password, hash_password_sync
 from idlakd.config import SETTINGS, Config, ConfigError, load_config
 from idlakd.errors import StoreError
 from idlakd.store import Store
-from idlakd.validation import UID_RULE, valid_uid
+from idlakd.validation import UID_RULE, normalise_uid
 from idlakd.voicedefs import VoiceDefinitionError, voice_from_entry
 
 log = logging.getLogger(__name__)
@@ -111,15 +111,16 @@ def _voice_list(config: Config, args: argparse.Namespace) -> int:
 
 def _user_add(config: Config, args: argparse.Namespace) -> int:
     """idlakd user add UID [--admin]: prints the generated password once."""
-    if not valid_uid(args.uid):
+    uid = normalise_uid(args.uid)  # the same rule as POST /users: stored normalised
+    if uid is None:
         raise CommandError(f"uid: {UID_RULE}")
 
     async def action(store: Store) -> int:
         password = generate_password()
         password_hash = await asyncio.to_thread(hash_password_sync, password, config.bcrypt_rounds)
-        if not await store.add_user(args.uid, password_hash, args.admin):
-            raise CommandError(f"user '{args.uid}' already exists")
-        print(f"<User {args.uid}:{password}:{args.admin}>")
+        if not await store.add_user(uid, password_hash, args.admin):
+            raise CommandError(f"user '{uid}' already exists")
+        print(f"<User {uid}:{password}:{args.admin}>")
         return 0
 
     return asyncio.run(_with_store(config, action))

@@ -13,8 +13,14 @@ from aiohttp import web
 
 from idlakd.app import create_app
 from idlakd.config import Config
+from idlakd.connections import (
+    AcceptErrorLog,
+    ConnectionLimits,
+    ConnectionRunner,
+    ensure_descriptors,
+)
 from idlakd.http import AccessLogger
-from idlakd.keys import runtime_key
+from idlakd.keys import metrics_key, runtime_key
 from idlakd.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -44,9 +50,11 @@ async def run_daemon(config: Config) -> None:
     for name in SYSTEMD_VARIABLES:
         os.environ.pop(name, None)
     app = create_app(config)
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log_class=AccessLogger,
-        access_log=logging.getLogger("idlakd.access"),
+    ensure_descriptors(config.max_connections)
+    # Header timeout, connection cap and quiet malformed requests (idlakd.connections).
+    runner = ConnectionRunner(
+        app, ConnectionLimits.from_config(config), handle_signals=False,
+        access_log_class=AccessLogger, access_log=logging.getLogger("idlakd.access"),
         # aiohttp waits this long for running handlers (streams included), then cancels them.
         shutdown_timeout=config.shutdown_grace_seconds)
     loop = asyncio.get_running_loop()
@@ -66,6 +74,8 @@ async def run_daemon(config: Config) -> None:
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     watchdog: asyncio.Task[None] | None = None
+    accept_errors = AcceptErrorLog(app[metrics_key])
+    accept_errors.install(loop)
     try:
         await runner.setup()  # cleanup_ctx: database, voices, synthesis service
         site = web.TCPSite(runner, config.host, config.port)
@@ -91,4 +101,5 @@ async def run_daemon(config: Config) -> None:
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
         notifier.close()
+        accept_errors.uninstall(loop)
     log.info("idlakd stopped")

@@ -82,3 +82,11 @@ class StoreError(Exception):
 
 class DatabaseBusy(StoreError, ServiceUnavailable):
     """Another writer (the CLI) held the database past busy_timeout: 503 to clients, an error to the CLI."""
+
+
+class DatabaseUnwritable(StoreError, ServiceUnavailable):
+    """The database takes no writes (read-only file or filesystem, disk full, I/O error): 503."""
+
+    def __init__(self, message: str = "The database cannot be written right now, try again later",
+                 retry_after: int = 10) -> None:
+        super().__init__(message, retry_after=retry_after)

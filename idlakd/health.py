@@ -14,7 +14,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from idlakd.config import Config
-from idlakd.errors import ServiceUnavailable, StoreError
+from idlakd.errors import DatabaseBusy, ServiceUnavailable, StoreError
 from idlakd.http import json_response
 from idlakd.keys import config_key, health_key, runtime_key, store_key, synth_key
 from idlakd.models import Voice
@@ -119,7 +119,7 @@ async def _check_synth(app: web.Application, voices: Sequence[Voice]) -> str:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """GET /readyz: 200 when the database answers, voices are loaded and a worker can start; else 503."""
+    """GET /readyz: 200 when the database reads and writes, voices load and a worker can start."""
     app = request.app
     if app[runtime_key].stopping:
         raise ServiceUnavailable("Not ready: the server is shutting down")
@@ -133,6 +133,13 @@ async def readyz(request: web.Request) -> web.Response:
         log.warning("Readiness: database check failed: %s", exc or type(exc).__name__)
         failures.append("database unreachable")
     else:
+        try:
+            # A real write, at most once a second: a full disk or read-only file is not ready.
+            await asyncio.wait_for(store.check_writable(), CHECK_TIMEOUT_SECONDS)
+        except (TimeoutError, StoreError, sqlite3.Error) as exc:
+            log.warning("Readiness: database write check failed: %s", exc or type(exc).__name__)
+            failures.append("database busy" if isinstance(exc, (DatabaseBusy, TimeoutError))
+                            else "database not writable")
         if not voices:
             failures.append("no voices loaded")
     synthesis = "not checked"

@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -49,6 +50,25 @@ class Metrics:
             "idlakd_speech_time_to_first_byte_seconds",
             "Time from a /speech request until its status line and first audio leave.",
             buckets=TTFB_BUCKETS, registry=self.registry)
+        # Connection hygiene (idlakd.connections): what the guards refused or cut.
+        self.connections_open = Gauge(
+            "idlakd_http_connections_open", "Client connections open now.", registry=self.registry)
+        self.connections_rejected = Counter(
+            "idlakd_http_connections_rejected",
+            "Connections closed at once because max_connections were already open.",
+            registry=self.registry)
+        self.malformed_requests = Counter(
+            "idlakd_http_malformed_requests",
+            "Requests the HTTP parser refused (bad request line, header or chunking): 400 and close.",
+            registry=self.registry)
+        self.body_timeouts = Counter(
+            "idlakd_http_body_timeouts",
+            "Requests whose body did not arrive within body_timeout_seconds: 408 and close.",
+            registry=self.registry)
+        self.accept_errors = Counter(
+            "idlakd_http_accept_errors",
+            "Failed accept() calls (out of file descriptors or memory); asyncio retries each second.",
+            registry=self.registry)
         self.registry.register(SynthCollector(app))
         # The daemon's own memory, CPU and open files (process_*), and python_info.
         ProcessCollector(registry=self.registry)

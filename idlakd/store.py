@@ -11,17 +11,24 @@ import sqlite3
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, AsyncIterator, Final, Iterable
+from typing import Any, AsyncIterator, Final, Iterable, NoReturn
 
 import aiosqlite
 from contextlib import asynccontextmanager
 
-from idlakd.errors import DatabaseBusy, StoreError
+from idlakd.errors import DatabaseBusy, DatabaseUnwritable, StoreError
 from idlakd.models import User, Voice
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS: Final = 10_000
+# The write probe of /readyz runs at most this often; callers in between get its last result.
+WRITE_PROBE_SECONDS: Final = 1.0
+# Primary SQLite result codes of a write that failed because another writer held the lock,
+# and of one that failed because the file or its filesystem takes no writes now.
+_BUSY_CODES: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_UNWRITABLE_CODES: Final = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR,
+                                      sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN})
 
 # Forward migrations: entry N brings the schema from user_version N to N+1.
 MIGRATIONS: Final[tuple[str, ...]] = (
@@ -51,6 +58,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX revoked_tokens_exp ON revoked_tokens (exp);
     """,
+    # One row that /readyz rewrites to prove the database takes writes.
+    """
+    CREATE TABLE write_probe (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        at REAL NOT NULL
+    );
+    """,
 )
 
 _VOICE_COLUMNS: Final = (
@@ -76,6 +90,9 @@ class Store:
         self._write_lock = asyncio.Lock()
         # Reads use their own connection: they never queue behind a write waiting for the lock.
         self._reader: aiosqlite.Connection | None = None
+        self._probe_lock = asyncio.Lock()
+        self._probed_at = float("-inf")
+        self._probe_failure: StoreError | None = None
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -111,6 +128,9 @@ class Store:
         except sqlite3.DatabaseError as exc:
             await self.close()
             raise StoreError(f"database {self.path}: {exc}") from exc
+        except DatabaseUnwritable as exc:  # name the file and SQLite's reason, for the operator
+            await self.close()
+            raise StoreError(f"database {self.path}: cannot be written ({exc.__cause__})") from exc
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -147,16 +167,35 @@ class Store:
                     await begin
                     await db.execute("ROLLBACK")
                 raise
-            except sqlite3.OperationalError as exc:  # another process held the lock too long
-                log.warning("Database %s still locked by another writer after %d ms: %s",
-                            self.path, BUSY_TIMEOUT_MS, exc)
-                raise DatabaseBusy() from exc
+            except sqlite3.OperationalError as exc:
+                self._raise_write_failure(exc)
             try:
                 yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
+                await db.execute("COMMIT")
+            except BaseException as exc:
+                if db.in_transaction:
+                    # After an I/O error SQLite may have rolled back already, or fail to:
+                    # the caller needs the first error, not the rollback's.
+                    with contextlib.suppress(sqlite3.Error):
+                        await db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    self._raise_write_failure(exc)
                 raise
-            await db.execute("COMMIT")
+
+    def _raise_write_failure(self, exc: sqlite3.OperationalError) -> NoReturn:
+        """Raise the domain error of a failed write: busy and unwritable are 503s, others stay."""
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        if code in _BUSY_CODES:
+            log.warning("Database %s still locked by another writer after %d ms: %s",
+                        self.path, BUSY_TIMEOUT_MS, exc)
+            raise DatabaseBusy() from exc
+        if code in _UNWRITABLE_CODES:
+            log.error("Database %s cannot be written: %s", self.path, exc)
+            failure = DatabaseUnwritable()
+            # Readiness need not wait for its next probe to learn what a write just found.
+            self._probe_failure, self._probed_at = failure, time.monotonic()
+            raise failure from exc
+        raise exc
 
     async def _migrate(self) -> None:
         """Apply the forward migrations the file has not seen yet."""
@@ -180,6 +219,26 @@ class Store:
         """Run a trivial query (readiness check)."""
         async with self.reader.execute("SELECT 1") as cur:
             await cur.fetchone()
+
+    async def check_writable(self) -> None:
+        """Prove that a write reaches the file (readiness), else raise DatabaseUnwritable/Busy.
+
+        A committed one-row update is a real write (BEGIN IMMEDIATE alone writes nothing);
+        it runs at most once per WRITE_PROBE_SECONDS, concurrent callers share it.
+        """
+        async with self._probe_lock:
+            if time.monotonic() - self._probed_at >= WRITE_PROBE_SECONDS:
+                try:
+                    async with self._write() as db:
+                        await db.execute(
+                            "INSERT INTO write_probe (id, at) VALUES (1, ?) "
+                            "ON CONFLICT (id) DO UPDATE SET at = excluded.at", (time.time(),))
+                    self._probe_failure = None
+                except StoreError as exc:
+                    self._probe_failure = exc
+                self._probed_at = time.monotonic()
+        if self._probe_failure is not None:
+            raise self._probe_failure.with_traceback(None)
 
     # Users
 

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from idlakd.synth.protocol import Frame, encode_frame, read_frame
+from idlakd.synth.document import Chunk, Text
+from idlakd.synth.protocol import Frame, encode_frame, encode_segments, read_frame
 from idlakd.synth.worker import worker_argv
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,20 +131,20 @@ class WorkerClient:
         assert self.proc.stdout is not None
         return await read_frame(self.proc.stdout, timeout)
 
-    async def send(self, text: str, markup: bool = False) -> int:
-        """Send a synthesize request; returns its id."""
+    async def send(self, text: str | list[dict[str, Any]]) -> int:
+        """Send a synthesize request (a text, or the segments themselves); returns its id."""
         assert self.proc.stdin is not None
         self._next_id += 1
-        fields: dict[str, Any] = {"id": self._next_id}
-        if markup:
-            fields["markup"] = True
-        self.proc.stdin.write(encode_frame("synthesize", text.encode("utf-8"), **fields))
+        segments = [{"text": text}] if isinstance(text, str) else text
+        self.proc.stdin.write(encode_frame("synthesize", encode_segments(segments),
+                                           id=self._next_id))
         await self.proc.stdin.drain()
         return self._next_id
 
-    async def synthesize(self, text: str, markup: bool = False, timeout: float = 30.0) -> Utterance:
+    async def synthesize(self, text: str | list[dict[str, Any]],
+                         timeout: float = 30.0) -> Utterance:
         """Send one request and collect start, audio and end/error frames."""
-        request_id = await self.send(text, markup)
+        request_id = await self.send(text)
         start = await self.read(timeout)
         assert start is not None and start.type == "start", start
         assert start.header["id"] == request_id
@@ -175,3 +176,8 @@ class WorkerClient:
             self.proc.kill()
         await self.proc.wait()
         await self._stderr_task
+
+
+def chunk(text: str) -> Chunk:
+    """A worker chunk of plain words."""
+    return Chunk((Text(text),))

@@ -114,12 +114,12 @@ def test_espeak_engine_in_process_streams_and_aborts() -> None:
     engine = load_engine("espeak", "", {"voice": "de"}, None)
     try:
         assert engine.sample_rate == 22050
-        chunks = list(engine.synthesize("Guten Tag. " * 10, False))
+        chunks = list(engine.synthesize("Guten Tag. " * 10))
         assert len(chunks) > 5 and all(len(c) % 2 == 0 for c in chunks)
-        partial = cast(Generator[bytes, None, None], engine.synthesize("Eins zwei drei. " * 50, False))
+        partial = cast(Generator[bytes, None, None], engine.synthesize("Eins zwei drei. " * 50))
         next(partial)
         partial.close()
-        again = b"".join(engine.synthesize("Hallo", False))
+        again = b"".join(engine.synthesize("Hallo"))
         assert max(array("h", again)) > 1000
     finally:
         engine.close()
@@ -158,7 +158,7 @@ def test_tangle_engine_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     engine = load_engine("tangle", str(voice), {}, STANDIN_ROOT)
     try:
         assert engine.sample_rate == 48000
-        pcm = b"".join(engine.synthesize("a&b", False))
+        pcm = b"".join(engine.synthesize("a&b"))
         # escape() turned "a&b" into one word "a&amp;b" of 5 letters.
         assert len(pcm) // 2 == int(48000 * 0.03 * 5) + int(48000 * 0.02)
     finally:
@@ -226,7 +226,7 @@ def test_wav_stream_rejects(data: bytes, needle: str) -> None:
 def test_command_engine_in_process_kills_on_early_close() -> None:
     """Closing the generator early kills the program instead of leaving it running."""
     engine = load_engine("command", "", {"argv": wav_command_argv(8000), "sample_rate": 8000}, None)
-    chunks = cast(Generator[bytes, None, None], engine.synthesize("x" * 2000, False))
+    chunks = cast(Generator[bytes, None, None], engine.synthesize("x" * 2000))
     first = next(chunks)
     assert first
     chunks.close()

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
-from synth_helpers import STANDIN_ROOT, make_standin_voice
+from synth_helpers import STANDIN_ROOT, chunk, make_standin_voice
 
 from idlakd.config import Config, load_config
 from idlakd.errors import ServiceUnavailable
 from idlakd.models import Voice
 from idlakd.synth.pool import (BackgroundTasks, EngineFailed, SynthesisLimiter, VoicePool,
                                WorkerFailed)
-from idlakd.synth.text import Chunk
 
 PoolFactory = Callable[..., Awaitable[VoicePool]]
 
@@ -93,13 +92,13 @@ async def test_workers_start_lazily_are_reused_and_bounded(make_pool: PoolFactor
     """No worker before work; one per concurrent chunk up to workers_per_voice; reused after."""
     pool = await make_pool(espeak_voice())
     assert pool.worker_count == 0 and child_pids() == set()
-    rate, pcm = await pool.synthesize(Chunk("Hello."))
+    rate, pcm = await pool.synthesize(chunk("Hello."))
     assert rate == 22050 and len(pcm) > rate // 4
     first = pool.worker_pids
     assert len(first) == 1
-    await pool.synthesize(Chunk("Again."))
+    await pool.synthesize(chunk("Again."))
     assert pool.worker_pids == first
-    results = await asyncio.gather(*(pool.synthesize(Chunk(f"Number {n}.")) for n in range(5)))
+    results = await asyncio.gather(*(pool.synthesize(chunk(f"Number {n}.")) for n in range(5)))
     assert all(len(pcm) > 0 for _rate, pcm in results)
     assert pool.worker_count == 2 and pool.stats()["idle"] == 2
     assert pool.stats()["syntheses"] == 7 and pool.busy == 0
@@ -109,12 +108,12 @@ async def test_crash_discards_worker_and_next_chunk_gets_a_new_one(
         make_pool: PoolFactory, tmp_path: Path) -> None:
     """A worker dying mid-chunk is reaped; the pool starts a fresh one for the next chunk."""
     pool = await make_pool(standin_voice(tmp_path))
-    await pool.synthesize(Chunk("Warm up."))
+    await pool.synthesize(chunk("Warm up."))
     [old] = pool.worker_pids
     with pytest.raises(WorkerFailed, match="exited"):
-        await pool.synthesize(Chunk("Please CRASH now."))
+        await pool.synthesize(chunk("Please CRASH now."))
     assert await wait_gone({old}) == set()
-    _rate, pcm = await pool.synthesize(Chunk("Still here."))
+    _rate, pcm = await pool.synthesize(chunk("Still here."))
     assert pcm and pool.worker_pids != [old]
     assert pool.stats()["errors"] == 1
 
@@ -122,10 +121,10 @@ async def test_crash_discards_worker_and_next_chunk_gets_a_new_one(
 async def test_hang_times_out_and_worker_is_killed(make_pool: PoolFactory, tmp_path: Path) -> None:
     """A worker silent past synthesis_timeout_seconds is killed and reaped."""
     pool = await make_pool(standin_voice(tmp_path), synthesis_timeout_seconds="0.5")
-    await pool.synthesize(Chunk("Warm up."))
+    await pool.synthesize(chunk("Warm up."))
     [pid] = pool.worker_pids
     with pytest.raises(WorkerFailed, match="silent"):
-        await pool.synthesize(Chunk("HANG forever."))
+        await pool.synthesize(chunk("HANG forever."))
     assert await wait_gone({pid}) == set()
     assert pool.worker_count == 0
 
@@ -134,9 +133,9 @@ async def test_engine_error_keeps_the_worker(make_pool: PoolFactory, tmp_path: P
     """An engine exception for one chunk is reported; the worker serves the next chunk."""
     pool = await make_pool(standin_voice(tmp_path))
     with pytest.raises(EngineFailed, match="RAISE"):
-        await pool.synthesize(Chunk("RAISE please."))
+        await pool.synthesize(chunk("RAISE please."))
     [pid] = pool.worker_pids
-    await pool.synthesize(Chunk("Fine."))
+    await pool.synthesize(chunk("Fine."))
     assert pool.worker_pids == [pid]
 
 
@@ -144,14 +143,14 @@ async def test_garbage_on_the_pipe_discards_the_worker(make_pool: PoolFactory, t
     """A malformed frame is a protocol failure, never mistaken for EOF or audio."""
     pool = await make_pool(standin_voice(tmp_path))
     with pytest.raises(WorkerFailed, match="protocol"):
-        await pool.synthesize(Chunk("GARBAGE out."))
+        await pool.synthesize(chunk("GARBAGE out."))
     assert pool.worker_count == 0
 
 
 async def test_cancel_mid_utterance_stops_the_worker(make_pool: PoolFactory, tmp_path: Path) -> None:
     """Cancelling a chunk (client gone) stops its worker within a second."""
     pool = await make_pool(standin_voice(tmp_path, delay_per_sentence=5))
-    task = asyncio.create_task(pool.synthesize(Chunk("Slow sentence.")))
+    task = asyncio.create_task(pool.synthesize(chunk("Slow sentence.")))
     while pool.busy == 0 or not pool.worker_pids:
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.3)  # the request is inside speak() now
@@ -169,7 +168,7 @@ async def test_fatal_start_is_reported(make_pool: PoolFactory, tmp_path: Path) -
                   directory=str(tmp_path / "missing"))
     pool = await make_pool(voice)
     with pytest.raises(WorkerFailed, match="could not load"):
-        await pool.synthesize(Chunk("Hello."))
+        await pool.synthesize(chunk("Hello."))
     assert pool.worker_count == 0 and await wait_gone(child_pids()) == set()
 
 
@@ -178,7 +177,7 @@ async def test_worker_stderr_is_logged_with_its_name(
     """What engines print (even to fd 1) reaches the daemon log tagged with the worker."""
     caplog.set_level(logging.INFO, logger="idlakd.synth.pool")
     pool = await make_pool(standin_voice(tmp_path, name="abr"))
-    await pool.synthesize(Chunk("Hello."))
+    await pool.synthesize(chunk("Hello."))
     tagged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[worker abr#1]")]
     assert any("os.write to fd 1" in line for line in tagged), tagged
 
@@ -187,12 +186,12 @@ async def test_idle_workers_are_reaped_and_retire_stops_them(
         make_pool: PoolFactory, tmp_path: Path) -> None:
     """reap_idle stops workers idle past worker_idle_seconds; retire stops the idle rest."""
     pool = await make_pool(espeak_voice(), worker_idle_seconds="0")
-    await asyncio.gather(pool.synthesize(Chunk("One.")), pool.synthesize(Chunk("Two.")))
+    await asyncio.gather(pool.synthesize(chunk("One.")), pool.synthesize(chunk("Two.")))
     pids = pool.worker_pids
     assert len(pids) == 2
     assert pool.reap_idle(asyncio.get_running_loop().time()) == 2
     assert await wait_gone(pids, 3) == set()
-    await pool.synthesize(Chunk("Three."))
+    await pool.synthesize(chunk("Three."))
     [pid] = pool.worker_pids
     pool.retire()
     assert await wait_gone({pid}, 3) == set()
@@ -229,11 +228,11 @@ async def test_limiter_admits_up_to_the_queue_then_refuses() -> None:
 async def test_idle_worker_killed_from_outside_is_replaced(make_pool: PoolFactory) -> None:
     """An idle worker that died (OOM killer, kill -9) is noticed at checkout and replaced."""
     pool = await make_pool(espeak_voice())
-    await pool.synthesize(Chunk("Hello."))
+    await pool.synthesize(chunk("Hello."))
     [pid] = pool.worker_pids
     os.kill(pid, 9)
     assert await wait_gone({pid}) == set()
-    _rate, pcm = await pool.synthesize(Chunk("Hello again."))
+    _rate, pcm = await pool.synthesize(chunk("Hello again."))
     assert pcm and pool.worker_count == 1 and pool.worker_pids != [pid]
 
 
@@ -260,7 +259,7 @@ async def test_stopping_a_stuck_command_worker_stops_its_program(
         "sample_rate": 16000})
     pool = await make_pool(voice, synthesis_timeout_seconds="0.5")
     with pytest.raises(WorkerFailed, match="silent"):
-        await pool.synthesize(Chunk("Anything."))
+        await pool.synthesize(chunk("Anything."))
     for _ in range(40):
         if not processes_with(marker):
             break

@@ -411,3 +411,25 @@ async def test_idle_workers_are_reaped_by_the_service(serve: ServeFactory) -> No
     assert service.stats()["voices"]["en"]["workers"] == 0
     response, body = await post(client, ESPEAK, "Hello again.")
     assert response.status == 200 and parse(body)[1]
+
+
+async def test_a_chunk_waits_for_room_but_not_forever() -> None:
+    """Back-pressure: the sink holds a worker while its audio is untaken, up to the consumer's patience."""
+    from idlakd.synth.service import CHUNK_BUFFER_BYTES, ConsumerStalled, _ChunkAudio, _Flow
+
+    flow = _Flow(patience=0.3)
+    audio = _ChunkAudio(flow)
+    frame = b"\0" * (CHUNK_BUFFER_BYTES // 4)
+    for _ in range(3):
+        await asyncio.wait_for(audio.put(16000, frame), 1)  # under the bound: no wait
+    blocked = asyncio.create_task(audio.put(16000, frame))  # reaches the bound: waits
+    await asyncio.sleep(0.1)
+    assert not blocked.done()
+    assert len(audio.take()) == CHUNK_BUFFER_BYTES  # taking makes room
+    await asyncio.wait_for(blocked, 1)
+    for _ in range(3):
+        await asyncio.wait_for(audio.put(16000, frame), 1)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ConsumerStalled):
+        await asyncio.wait_for(audio.put(16000, frame), 2)  # nobody takes: given up
+    assert 0.2 < asyncio.get_running_loop().time() - started < 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import pytest
 from conftest import bearer
 from daemon_helpers import REPO, login, start_daemon
 
+from idlakd.config import load_config
 from idlakd.systemd import Notifier
 
 
@@ -151,9 +153,10 @@ def test_unit_file_settings() -> None:
     assert service["StateDirectory"] == "idlakd" and service["ConfigurationDirectory"] == "idlakd"
     for option, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"),
                           ("ProtectHome", "yes"), ("PrivateTmp", "yes"), ("PrivateDevices", "yes"),
-                          ("SystemCallFilter", "@system-service"), ("CapabilityBoundingSet", ""),
-                          ("MemoryDenyWriteExecute", "yes")]:
+                          ("CapabilityBoundingSet", ""), ("MemoryDenyWriteExecute", "yes"),
+                          ("OOMPolicy", "continue")]:
         assert service[option] == value, option
+    assert service["SystemCallFilter"].split()[0] == "@system-service"
     assert set(service["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
     # Room for the grace period: systemd must not SIGKILL while streams are finishing.
     assert int(service["TimeoutStopSec"]) > 2 * 30
@@ -171,6 +174,61 @@ def test_unit_file_verifies(tmp_path: Path) -> None:
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
 
 
+def _systemd_size(value: str) -> int:
+    """A systemd byte size (1024-based K, M, G, T suffixes) in bytes."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, suffix = (value[:-1], value[-1]) if value[-1:].isalpha() else (value, "")
+    return int(float(number) * units[suffix.upper()])
+
+
+def test_unit_memory_and_task_limits_fit_the_default_settings(tmp_path: Path) -> None:
+    """MemoryMax holds the busy workers' limits plus the daemon; TasksMax the shipped voices."""
+    service = _unit()["Service"]
+    config = load_config(env={}, overrides={"state_dir": str(tmp_path)})
+    high, most = _systemd_size(service["MemoryHigh"]), _systemd_size(service["MemoryMax"])
+    assert high < most
+    # At most max_concurrent_syntheses workers synthesise at once, each capped by RLIMIT_AS;
+    # idle workers hold ~35 MB each and the daemon a few hundred: 512 MiB for all of that.
+    busy = config.max_concurrent_syntheses * config.worker_memory_mb * (1 << 20)
+    assert most >= busy + (512 << 20) and high >= busy
+    voices = json.loads((REPO / "voiceconfig.json").read_text())
+    # A worker is 1-4 tasks (itself, eSpeak's synthesis thread, a command's program and readers);
+    # the daemon ~40 threads, ffmpeg a few per stream.
+    assert int(service["TasksMax"]) >= len(voices) * config.workers_per_voice * 4 + 100
+
+
+def _syscall_groups() -> dict[str, set[str]]:
+    """systemd-analyze's syscall groups: name -> members (syscalls and nested @groups)."""
+    out = subprocess.run(["systemd-analyze", "syscall-filter"], check=True, capture_output=True,
+                         text=True, timeout=60).stdout
+    groups: dict[str, set[str]] = {}
+    current: set[str] = set()
+    for line in out.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.split()[0], set())
+        elif line.strip() and not line.strip().startswith("#"):
+            current.add(line.strip())
+    return groups
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_syscall_filter_lets_workers_confine_themselves() -> None:
+    """Under the unit's SystemCallFilter, workers can set RLIMIT_AS and apply Landlock."""
+    groups = _syscall_groups()
+    allowed: set[str] = set()
+    service_filter = _unit()["Service"]["SystemCallFilter"].split()
+    assert not service_filter[0].startswith("~")  # an allow-list
+    pending = list(service_filter)
+    while pending:
+        name = pending.pop()
+        if name.startswith("@"):
+            pending += [member for member in groups[name] if member not in allowed]
+        allowed.add(name)
+    needed = {"prlimit64", "setrlimit", "prctl", "landlock_create_ruleset", "landlock_add_rule",
+              "landlock_restrict_self"}
+    assert needed <= allowed, needed - allowed
+
+
 ESPEAK_UNDER_MDWE = r"""
 import ctypes, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -179,7 +237,7 @@ if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
     print("no-mdwe"); sys.exit(0)
 from idlakd.synth.engines import load_engine
 engine = load_engine("espeak", "", {"voice": "en-gb"}, None)
-pcm = b"".join(engine.synthesize("Hello from a write-xor-execute process.", False))
+pcm = b"".join(engine.synthesize("Hello from a write-xor-execute process."))
 engine.close()
 print("pcm", len(pcm))
 """

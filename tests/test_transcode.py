@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from idlakd.config import load_config
-from idlakd.synth.transcode import (CONTENT_TYPES, FORMATS, TranscodeError, Transcoder, encode,
+from idlakd.synth.transcode import (CONTENT_TYPES, FORMATS, TranscodeError, Transcoder,
                                     ffmpeg_arguments, ffmpeg_executable)
 
 
@@ -25,6 +25,28 @@ def tone(seconds: float, rate: int = 22050) -> bytes:
 def ffmpeg(tmp_path: Path) -> str:
     """The ffmpeg the daemon would use by default."""
     return ffmpeg_executable(load_config(env={}, overrides={"state_dir": str(tmp_path)}))
+
+
+async def encode(ffmpeg: str, audio_format: str, rate: int, pcm: bytes) -> bytes:
+    """All of pcm through one Transcoder, fed and read at once; ffmpeg reaped afterwards."""
+    transcoder = await Transcoder.start(ffmpeg, audio_format, rate)
+    try:
+        async def feed() -> None:
+            for offset in range(0, len(pcm), 65536):
+                await transcoder.write(pcm[offset:offset + 65536])
+            await transcoder.close_input()
+
+        feeder = asyncio.create_task(feed())
+        out = bytearray()
+        try:
+            while data := await asyncio.wait_for(transcoder.read(), 20):
+                out += data
+        finally:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+        return bytes(out)
+    finally:
+        await transcoder.aclose()
 
 
 async def decoded_seconds(ffmpeg: str, data: bytes) -> float:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp.test_utils import TestClient
+from yarl import URL
 
+from idlakd.keys import passwords_key, store_key
 from tests.conftest import assert_error, bearer, login
 
 
@@ -58,18 +61,31 @@ async def test_create_user_errors(client: TestClient[Any, Any], admin_token: str
                        contains="uid:")
 
 
-async def test_uid_with_sql_and_markup_characters(client: TestClient[Any, Any],
-                                                  admin_token: str) -> None:
+async def test_uids_from_before_the_uid_rule_keep_working(client: TestClient[Any, Any],
+                                                           admin_token: str) -> None:
+    """Uids the rule now refuses (markup, SQL quotes, '%', look-alikes) still work for users
+    created before it: login and token, admin toggle, password reset and delete by URL."""
     h = bearer(admin_token)
-    for uid in ("<script>", "o'brien\";--", "x%20y", "ünï©ødé"):
-        resp = await client.post("/users", json={"uid": uid}, headers=h)
-        assert resp.status == 200, uid
-        password = (await resp.json())["password"]
-        await login(client, uid, password)
-        resp = await client.post(f"/users/{uid}/admin".replace("%", "%25"), headers=h)
+    app = client.app
+    legacy = ("<script>", "o'brien\";--", "x%20y", "ünï©ødé", "\u0430dmin", "a\u200bb")
+    for uid in legacy:
+        await assert_error(await client.post("/users", json={"uid": uid}, headers=h), 422,
+                           contains="uid: Must be 1 to 64 characters")
+        # Created as an older idlakd did: straight into the database.
+        await app[store_key].add_user(uid, await app[passwords_key].hash("legacy-pass"), False)
+        token = await login(client, uid, "legacy-pass")
+        assert (await client.post("/auth/expire", headers=bearer(token))).status == 200
+        seg = quote(uid, safe="")
+        resp = await client.post(URL(f"/users/{seg}/admin", encoded=True), headers=h)
         assert resp.status == 200 and (await resp.json()) == {"uid": uid, "admin": True}
+        resp = await client.post(URL(f"/users/{seg}/password", encoded=True), headers=h)
+        await login(client, uid, (await resp.json())["password"])
     users = (await (await client.get("/users", headers=h)).json())["users"]
-    assert len(users) == 5
+    assert [u["id"] for u in users] == ["admin", *legacy]
+    for uid in legacy:
+        resp = await client.delete(URL(f"/users/{quote(uid, safe='')}", encoded=True), headers=h)
+        assert resp.status == 200, uid
+    assert len((await (await client.get("/users", headers=h)).json())["users"]) == 1
 
 
 async def test_non_admin_is_refused(client: TestClient[Any, Any], user_token: str) -> None:

@@ -19,7 +19,8 @@ from synth_helpers import (
     worker_env,
 )
 
-from idlakd.synth.protocol import MAX_AUDIO_PAYLOAD, ProtocolError, encode_frame, read_frame_sync
+from idlakd.synth.protocol import (MAX_AUDIO_PAYLOAD, ProtocolError, encode_frame, encode_segments,
+                                   read_frame_sync)
 from idlakd.synth.worker import worker_argv
 
 
@@ -57,15 +58,19 @@ async def test_espeak_worker_streams_real_audio() -> None:
         assert await worker.close() == 0
 
 
-async def test_espeak_worker_markup_and_other_languages() -> None:
-    """SSML markup is honoured (a break adds time); several language voices speak."""
+async def test_espeak_worker_breaks_and_other_languages() -> None:
+    """A break segment is exact silence of its length; markup in a text segment is only words."""
     worker = await WorkerClient.start("espeak", options={"voice": "en-us", "rate": 200, "pitch": 60})
     try:
-        plain = await worker.synthesize("<speak>one two</speak>", markup=True)
-        paused = await worker.synthesize('<speak>one <break time="2s"/> two</speak>', markup=True)
+        plain = await worker.synthesize([{"text": "one"}, {"text": "two"}])
+        paused = await worker.synthesize([{"text": "one"}, {"break_ms": 2000}, {"text": "two"}])
         assert plain.final.type == paused.final.type == "end"
         rate = worker.ready.header["sample_rate"] if worker.ready else 0
-        assert len(paused.samples) - len(plain.samples) > 1.5 * rate
+        # eSpeak itself varies by a few samples from one run to the next.
+        assert abs(len(paused.samples) - len(plain.samples) - 2 * rate) < rate // 100
+        # Markup inside a text segment is never read as markup: no break, a longer utterance.
+        tagged = await worker.synthesize('one <break time="2s"/> two')
+        assert tagged.final.type == "end" and len(tagged.samples) < len(paused.samples)
     finally:
         await worker.close()
     for voice in ("fr-fr", "ru"):
@@ -231,7 +236,8 @@ def test_broken_stdout_exits_quietly(tmp_path: Path) -> None:
         ready = read_frame_sync(proc.stdout)  # type: ignore[arg-type]
         assert ready is not None and ready.type == "ready"
         proc.stdout.close()
-        proc.stdin.write(encode_frame("synthesize", b"a fairly long text " * 50, id=1))
+        proc.stdin.write(encode_frame("synthesize", encode_segments([{"text": "a fairly long text " * 50}]),
+                                        id=1))
         proc.stdin.close()
         assert proc.wait(timeout=20) == 0
         assert proc.stderr is not None

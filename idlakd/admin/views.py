@@ -23,8 +23,8 @@ from idlakd.api import speech as speech_api
 from idlakd.api.users import (add_user, check_new_user, remove_user, reset_user_password,
                               toggle_user_admin)
 from idlakd.auth import ADMIN_REQUIRED, token_lifetime_seconds, verify_login
-from idlakd.errors import (Forbidden, NotFound, TooManyRequests, Unauthorized,
-                           Unprocessable)
+from idlakd.errors import (Forbidden, NotFound, ServiceUnavailable, TooManyRequests,
+                           Unauthorized, Unprocessable)
 from idlakd.keys import (admin_flashes_key, config_key, runtime_key, secret_key,
                          store_key, synth_key, token_key, user_id_key)
 from idlakd.models import ENGINES, GENDERS, Voice
@@ -159,7 +159,7 @@ async def login(request: web.Request) -> web.Response:
     assert uid is not None and password is not None
     try:
         await verify_login(request.app, uid, password, request.remote or "unknown")
-    except (TooManyRequests, Unauthorized) as exc:
+    except (TooManyRequests, ServiceUnavailable, Unauthorized) as exc:
         return login_form(request, ("error", exc.message), uid=uid, status=exc.status,
                           headers={k: v for k, v in exc.headers.items() if k == "Retry-After"})
     request[user_id_key] = uid

@@ -11,7 +11,7 @@ from idlakd.auth import generate_password, require_admin
 from idlakd.errors import Unprocessable
 from idlakd.http import json_response
 from idlakd.keys import passwords_key, store_key
-from idlakd.validation import UID_RULE, Fields, json_object, valid_uid
+from idlakd.validation import UID_RULE, Fields, json_object, normalise_uid
 
 USER_EXISTS = "User id already exists"
 NO_SUCH_USER = "User does not exist"
@@ -25,8 +25,11 @@ def check_new_user(body: dict[str, Any]) -> tuple[str | None, bool]:
     fields = Fields(body)
     uid = fields.string("uid")
     admin = fields.boolean("admin", default=False)
-    if uid is not None and not valid_uid(uid):
-        fields.error("uid", UID_RULE)
+    if uid is not None:
+        # New uids are stored normalised: look-alike spellings collide as 'User id already exists'.
+        uid = normalise_uid(uid)
+        if uid is None:
+            fields.error("uid", UID_RULE)
     fields.check()
     return uid, admin
 

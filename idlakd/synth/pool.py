@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import itertools
 import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Final
+from typing import Any, Awaitable, Callable, Coroutine, Final, Iterable
 
 from idlakd.config import Config
 from idlakd.errors import ServiceUnavailable
 from idlakd.models import Voice
 from idlakd.synth.protocol import (AUDIO, END, ERROR, MAX_HEADER_BYTES, READY, START,
-                                   SYNTHESIZE, ProtocolError, encode_frame, read_frame)
+                                   SYNTHESIZE, ProtocolError, encode_frame, encode_segments,
+                                   read_frame)
 from idlakd.synth.reaping import reap
-from idlakd.synth.text import Chunk
+from idlakd.synth.document import Chunk
+from idlakd.synth.engines import command_program
 from idlakd.synth.worker import worker_argv
 
 log = logging.getLogger(__name__)
@@ -32,8 +35,25 @@ TERM_GRACE: Final = 0.5
 # The package's parent directory, so `python -m idlakd.synth.worker` works from a source tree.
 _PACKAGE_PARENT: Final = str(Path(__file__).resolve().parents[2])
 
-#: Receives a chunk's audio as its worker sends it: (sample rate, PCM s16le).
-AudioSink = Callable[[int, bytes], None]
+# A chunk that killed or stalled a worker is refused for this long (bounded count).
+FATAL_CHUNK_MEMORY_SECONDS: Final = 600.0
+FATAL_CHUNK_MEMORY_SIZE: Final = 1024
+
+#: Receives a chunk's audio as its worker sends it: (sample rate, PCM s16le). The worker's
+#: pipe is not read again until the sink returns, so a sink that waits for room makes the
+#: worker (and its engine) wait too: back-pressure from the consumer to the engine.
+AudioSink = Callable[[int, bytes], Awaitable[None]]
+
+
+class _Collector:
+    """A sink that keeps every frame (whole-chunk synthesis, where the caller wants it all)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    async def __call__(self, _rate: int, pcm: bytes) -> None:
+        """Keep one frame."""
+        self.parts.append(pcm)
 
 
 class SynthesisError(Exception):
@@ -123,9 +143,24 @@ class SynthesisLimiter:
                 self.running -= 1
 
 
+def _chunk_digest(chunk: Chunk) -> str:
+    """A stable digest of what a worker is asked to say."""
+    return hashlib.sha256(encode_segments(chunk.wire())).hexdigest()
+
+
 def worker_command(voice: Voice, config: Config, name: str) -> list[str]:
-    """The argv starting a worker for this voice."""
-    return worker_argv(voice.engine, voice.directory, voice.options, config.idlak_root, name)
+    """The argv starting a worker for this voice: its memory limit and what else it may read."""
+    allow_read: list[str] = []
+    if voice.engine == "command":
+        # The worker finds its Python, voice directory and system tools itself; a command
+        # voice's program may live anywhere (/opt/piper/piper), so its directory is added,
+        # and that of the file a symlink to it names (Landlock checks the real file).
+        argv, _reason = command_program(voice.options.get("argv"), voice.directory)
+        if argv is not None:
+            allow_read = list(dict.fromkeys([os.path.dirname(os.path.abspath(argv[0])),
+                                             os.path.dirname(os.path.realpath(argv[0]))]))
+    return worker_argv(voice.engine, voice.directory, voice.options, config.idlak_root, name,
+                       memory_mb=config.worker_memory_mb, allow_read=allow_read)
 
 
 def _worker_environment() -> dict[str, str]:
@@ -230,9 +265,9 @@ class Worker:
 
     async def synthesize(self, chunk: Chunk, timeout: float) -> tuple[int, bytes]:
         """Synthesise one chunk: (sample_rate, PCM); EngineFailed keeps the worker, WorkerFailed does not."""
-        parts: list[bytes] = []
-        rate, _size = await self.stream(chunk, timeout, lambda _rate, pcm: parts.append(pcm))
-        return rate, b"".join(parts)
+        collector = _Collector()
+        rate, _size = await self.stream(chunk, timeout, collector)
+        return rate, b"".join(collector.parts)
 
     async def stream(self, chunk: Chunk, timeout: float, sink: AudioSink) -> tuple[int, int]:
         """Synthesise one chunk, passing each audio frame to sink(rate, pcm) as it arrives.
@@ -240,13 +275,17 @@ class Worker:
         Returns (sample_rate, PCM bytes) once the worker ended the chunk. Audio
         only ever follows the worker's `start`, so a WorkerFailed with
         before_start set has sent nothing to the sink. EngineFailed keeps the
-        worker, WorkerFailed does not.
+        worker, WorkerFailed does not. While the sink waits (its consumer is
+        behind) the pipe is not read, so the worker blocks on its write; that
+        wait is the sink's to bound, and does not count as the worker's silence
+        (timeout applies to reading frames only). Whatever the sink raises ends
+        the chunk, and the caller stops the worker (it is mid-utterance).
         """
         assert self.process.stdin is not None
         request_id = next(self._ids)
         try:
             self.process.stdin.write(encode_frame(
-                SYNTHESIZE, chunk.text.encode("utf-8"), id=request_id, markup=chunk.markup))
+                SYNTHESIZE, encode_segments(chunk.wire()), id=request_id))
             async with asyncio.timeout(timeout):
                 await self.process.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
@@ -271,7 +310,7 @@ class Worker:
                 if not started:
                     raise WorkerFailed(f"worker {self.name} sent audio before 'start'")
                 size += len(frame.payload)
-                sink(rate, frame.payload)
+                await sink(rate, frame.payload)
             elif frame.type == START:
                 started = True
                 rate = int(frame.header.get("sample_rate") or rate)
@@ -351,6 +390,27 @@ class VoicePool:
         self.synthesis_seconds = 0.0
         self.audio_seconds = 0.0
         self.sample_rate: int | None = None
+        # Digests of chunks that killed or stalled a worker mid-synthesis, with when.
+        self._fatal_chunks: collections.OrderedDict[str, float] = collections.OrderedDict()
+
+    def fatal_chunk(self, chunks: Iterable[Chunk]) -> Chunk | None:
+        """A chunk that recently killed or stalled a worker of this voice: not tried again."""
+        if not self._fatal_chunks:
+            return None
+        now = asyncio.get_running_loop().time()
+        for key, when in list(self._fatal_chunks.items()):
+            if now - when < FATAL_CHUNK_MEMORY_SECONDS:
+                break
+            del self._fatal_chunks[key]
+        return next((c for c in chunks if _chunk_digest(c) in self._fatal_chunks), None)
+
+    def _remember_fatal(self, chunk: Chunk) -> None:
+        """Remember a chunk that took its worker down, so a repeat cannot respawn workers in a loop."""
+        key = _chunk_digest(chunk)
+        self._fatal_chunks.pop(key, None)
+        self._fatal_chunks[key] = asyncio.get_running_loop().time()
+        while len(self._fatal_chunks) > FATAL_CHUNK_MEMORY_SIZE:
+            self._fatal_chunks.popitem(last=False)
 
     @property
     def worker_count(self) -> int:
@@ -409,9 +469,9 @@ class VoicePool:
 
     async def synthesize(self, chunk: Chunk, admission: Admission | None = None) -> tuple[int, bytes]:
         """Synthesise one chunk on a checked-out worker: (sample_rate, PCM); raises SynthesisError."""
-        parts: list[bytes] = []
-        rate = await self.stream(chunk, lambda _rate, pcm: parts.append(pcm), admission)
-        return rate, b"".join(parts)
+        collector = _Collector()
+        rate = await self.stream(chunk, collector, admission)
+        return rate, b"".join(collector.parts)
 
     async def stream(self, chunk: Chunk, sink: AudioSink, admission: Admission | None = None) -> int:
         """Synthesise one chunk on a checked-out worker, audio to sink(rate, pcm) as it arrives.
@@ -472,6 +532,8 @@ class VoicePool:
         except WorkerFailed as exc:
             self.errors += 1
             log.warning("%s; discarding it", exc)
+            if not exc.before_start:
+                self._remember_fatal(chunk)
             raise
         finally:
             # Cancelled mid-utterance, died, stalled: the worker's state is

@@ -17,8 +17,11 @@ Every frame is one JSON header line followed by a raw payload::
 
 Messages, parent -> worker (worker stdin):
 
-- ``synthesize``: fields ``id`` (int), optional ``markup`` (bool, default
-  false); payload = the text, UTF-8.
+- ``synthesize``: field ``id`` (int); payload = a JSON object
+  ``{"segments": [...]}``, UTF-8, each segment either ``{"text": str}``
+  (plain words: never markup, never control characters) or
+  ``{"break_ms": int}`` (silence, at most ``MAX_BREAK_MS``). The daemon's
+  document model writes them; the worker checks them again.
 - Closing the worker's stdin asks it to shut down.
 
 Messages, worker -> parent (worker's protocol fd, its original stdout):
@@ -49,6 +52,10 @@ MAX_AUDIO_PAYLOAD: Final = 64 * 1024
 # allocate gigabytes; synthesis texts and audio frames are far below it.
 MAX_PAYLOAD_BYTES: Final = 16 * 1024 * 1024
 EXIT_FATAL: Final = 3
+#: Longest silence one segment may ask for (the daemon's bound is the same).
+MAX_BREAK_MS: Final = 10_000
+#: Longest text of one segment (the daemon sends sentences of a few hundred characters).
+MAX_SEGMENT_CHARS: Final = 4096
 
 # Message types.
 SYNTHESIZE: Final = "synthesize"
@@ -110,6 +117,35 @@ def _parse_header(line: bytes) -> tuple[str, dict[str, Any], int]:
     if length > MAX_PAYLOAD_BYTES:
         raise ProtocolError(f"payload_length {length} exceeds {MAX_PAYLOAD_BYTES}")
     return kind, header, length
+
+
+def encode_segments(segments: list[dict[str, Any]]) -> bytes:
+    """The payload of a synthesize frame."""
+    return json.dumps({"segments": segments}, ensure_ascii=False,
+                      separators=(",", ":")).encode("utf-8")
+
+
+def decode_segments(payload: bytes) -> list[str | int]:
+    """A synthesize payload as texts (str) and breaks (int milliseconds); ProtocolError if malformed."""
+    try:
+        body = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ProtocolError("synthesize payload is not UTF-8 JSON") from None
+    segments = body.get("segments") if isinstance(body, dict) else None
+    if not isinstance(segments, list):
+        raise ProtocolError("synthesize payload has no 'segments' list")
+    result: list[str | int] = []
+    for segment in segments:
+        text = segment.get("text") if isinstance(segment, dict) else None
+        pause = segment.get("break_ms") if isinstance(segment, dict) else None
+        if isinstance(text, str) and len(text) <= MAX_SEGMENT_CHARS:
+            result.append(text)
+        elif (isinstance(pause, int) and not isinstance(pause, bool)
+              and 0 <= pause <= MAX_BREAK_MS):
+            result.append(pause)
+        else:
+            raise ProtocolError(f"bad segment {str(segment)[:80]!r}")
+    return result
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> Frame | None:

@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, AsyncGenerator, AsyncIterator, Final, Mapping
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Final, Mapping
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from idlakd.config import Config
-from idlakd.errors import APIError, ServiceUnavailable, Unprocessable
+from idlakd.errors import APIError, PayloadTooLarge, ServiceUnavailable, Unprocessable
 from idlakd.keys import disconnect_counted_key
 from idlakd.models import Voice
 from idlakd.synth import wav
 from idlakd.synth.cache import AudioCache, CacheEntryWriter, cache_key, close_file, read_block
 from idlakd.synth.pool import (Admission, BackgroundTasks, SynthesisError, SynthesisLimiter,
                                VoicePool)
-from idlakd.synth.text import Chunk, split_text
-from idlakd.synth.transcode import (CONTENT_TYPES, FORMATS, TranscodeError, Transcoder, encode,
+from idlakd.synth.document import Chunk, Document, DocumentError, parse
+from idlakd.synth.spool import Spool
+from idlakd.synth.transcode import (CONTENT_TYPES, FORMATS, TranscodeError, Transcoder,
                                     ffmpeg_executable)
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,30 @@ log = logging.getLogger(__name__)
 SYNTHESIS_FAILED: Final = "Speech synthesis failed"
 # How often a running request checks that its client is still connected.
 DISCONNECT_POLL_SECONDS: Final = 0.2
+# Texts longer than this are parsed on a thread (a few milliseconds of work).
+INLINE_PARSE_CHARS: Final = 2000
 # Largest piece handed to response.write / ffmpeg at once.
 _WRITE_SIZE: Final = 64 * 1024
+# Most audio one chunk holds before its worker's pipe stops being read (back-pressure);
+# a request holds at most lookahead chunks of it.
+CHUNK_BUFFER_BYTES: Final = 256 * 1024
+# A chunk waits for room up to synthesis_timeout_seconds after the consumer last moved,
+# plus this: a client that stops reading is let go by _send first (counted as a disconnect).
+_ROOM_GRACE_SECONDS: Final = 1.0
+# How long a failed ffmpeg's reader waits for the feeder to say whether it caused the failure.
+_FEEDER_SETTLE_SECONDS: Final = 1.0
+
+
+class AudioTooLong(Exception):
+    """The request's audio passed max_audio_seconds: synthesis stops (413, or an aborted stream)."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"audio longer than {limit:g} s")
+        self.limit = limit
+
+
+class ConsumerStalled(SynthesisError):
+    """A chunk's audio was not taken for too long: its worker is stopped rather than kept waiting."""
 
 
 class SynthService:
@@ -70,6 +93,10 @@ class SynthService:
 
     async def start(self) -> None:
         """Open the cache and start the idle-worker reaper (workers themselves start lazily)."""
+        # stream:false answers spool to an unlinked temporary file here past spool_bytes
+        # (a disk, unlike a tmpfs /tmp, does not count against the daemon's memory).
+        await asyncio.to_thread(self._config.state_dir.mkdir, mode=0o700, parents=True,
+                                exist_ok=True)
         await self._cache.open()
         self._reaper = asyncio.create_task(self._reap_forever())
 
@@ -170,6 +197,22 @@ class SynthService:
 
     # -- the request -----------------------------------------------------
 
+    async def _document(self, text: str) -> Document:
+        """Parse and bound the request text (a long one off the loop); 422 or 413 if unusable."""
+        share = self._config.max_break_share
+        try:
+            if len(text) > INLINE_PARSE_CHARS:
+                document = await asyncio.to_thread(parse, text, share)
+            else:
+                document = parse(text, share)
+        except DocumentError as exc:
+            raise Unprocessable(f"text: {exc}") from None
+        limit = self._config.max_audio_seconds
+        if document.min_audio_seconds() > limit:
+            raise PayloadTooLarge(f"text: would make more than the limit of {limit:g} seconds "
+                                  "of audio")
+        return document
+
     async def respond(self, request: web.Request, voice: Voice, text: str, audio_format: str,
                       stream: bool = True) -> web.StreamResponse:
         """Answer /speech: audio streamed in order as chunks finish, or a complete file if not stream."""
@@ -177,21 +220,25 @@ class SynthService:
             raise Unprocessable(f"audio_format: Not a valid choice. Valid choices: {'|'.join(FORMATS)}")
         if not self._accepting:
             raise ServiceUnavailable()
-        try:
-            chunks = split_text(text)
-        except ValueError as exc:
-            raise Unprocessable(f"text: {exc}") from None
+        chunks = list((await self._document(text)).chunks)
         self.requests += 1
         key = cache_key(voice.id, voice.version, audio_format, text) if self._cache.enabled else None
         if key is not None:
             cached = await self._cache.lookup(key)
             if cached is not None:
                 return await self._send_cached(request, cached[0], cached[1], audio_format, stream)
-        admission = self._limiter.admit()
         pool = self._pool_for(voice)
+        fatal = pool.fatal_chunk(chunks)
+        if fatal is not None:
+            log.warning("Refused a chunk of voice %s that recently stopped a worker", voice.id)
+            raise Unprocessable(f"text: the voice's engine failed on {fatal.text[:40]!r} a moment "
+                                "ago; it is not tried again")
+        admission = self._limiter.admit()
         response = web.StreamResponse()
         response.content_type = CONTENT_TYPES[audio_format]
-        if stream:
+        if stream and request.version == HttpVersion11:
+            # HTTP/1.0 has no chunked encoding: without a Content-Length aiohttp then
+            # ends the body by closing the connection.
             response.enable_chunked_encoding()
         work = asyncio.create_task(
             self._serve(request, response, pool, chunks, audio_format, stream, key, admission))
@@ -232,50 +279,27 @@ class SynthService:
         """Synthesise and send; maps failures to a JSON error before the status line, an abort after."""
         writer: CacheEntryWriter | None = None
         committed = False
+        flow = _Flow(self._config.synthesis_timeout_seconds + _ROOM_GRACE_SECONDS)
         try:
             if key is not None:
                 writer = await self._cache.begin(key)
-            async with contextlib.aclosing(self._synthesise(pool, chunks, admission)) as pieces:
+            async with contextlib.aclosing(self._synthesise(pool, chunks, admission, flow)) as pieces:
                 try:
-                    rate, first = await anext(pieces)
-                except SynthesisError as exc:
-                    self.failures += 1
-                    log.error("Synthesis failed for voice %s before any audio: %s", pool.voice.id, exc)
-                    raise APIError(SYNTHESIS_FAILED) from None
-                if not stream:
-                    try:
-                        await self._send_complete(request, response, rate, first, pieces,
-                                                  audio_format, writer)
-                    except SynthesisError as exc:
-                        self.failures += 1
-                        log.error("Synthesis failed for voice %s: %s", pool.voice.id, exc)
-                        raise APIError(SYNTHESIS_FAILED) from None
-                else:
-                    transcoder: Transcoder | None = None
-                    if audio_format != "wav":
-                        try:
-                            transcoder = await self._start_transcoder(audio_format, rate)
-                        except TranscodeError as exc:
-                            self.failures += 1
-                            log.error("Cannot encode %s: %s", audio_format, exc)
-                            raise APIError(SYNTHESIS_FAILED) from None
-                    try:
-                        await response.prepare(request)
-                    except BaseException:
-                        if transcoder is not None:
-                            await self._stop_transcoder(transcoder)
-                        raise
-                    try:
-                        await self._send_stream(response, rate, first, pieces, transcoder, writer)
-                    except (SynthesisError, TranscodeError) as exc:
-                        self.failures += 1
-                        log.error("Synthesis failed for voice %s mid-stream, aborting the "
-                                  "connection: %s", pool.voice.id, exc)
+                    if not await self._deliver(request, response, pool, pieces, audio_format,
+                                               stream, writer, flow):
+                        return response
+                except AudioTooLong as exc:
+                    # The voice id only: the text is the user's, and may be long or private.
+                    log.warning("Audio for voice %s passed max_audio_seconds (%g s); synthesis "
+                                "stopped", pool.voice.id, exc.limit)
+                    if response.prepared:
                         # Never a clean end of a truncated file: the client must see
                         # an incomplete body.
                         if request.transport is not None:
                             request.transport.abort()
                         return response
+                    raise PayloadTooLarge(
+                        f"Audio longer than the limit of {exc.limit:g} seconds") from None
             if writer is not None:
                 committed = await writer.commit()
             if stream:
@@ -291,8 +315,54 @@ class SynthService:
             if writer is not None and not committed:
                 await self._background.finish(writer.abort())
 
-    async def _synthesise(self, pool: VoicePool, chunks: list[Chunk],
-                          admission: Admission) -> AsyncGenerator[tuple[int, bytes], None]:
+    async def _deliver(self, request: web.Request, response: web.StreamResponse, pool: VoicePool,
+                       pieces: AsyncIterator[tuple[int, bytes]], audio_format: str, stream: bool,
+                       writer: CacheEntryWriter | None, flow: _Flow) -> bool:
+        """Send the audio as a stream or a complete file; False if a started stream was aborted."""
+        try:
+            rate, first = await anext(pieces)
+        except SynthesisError as exc:
+            self.failures += 1
+            log.error("Synthesis failed for voice %s before any audio: %s", pool.voice.id, exc)
+            raise APIError(SYNTHESIS_FAILED) from None
+        if not stream:
+            try:
+                await self._send_complete(request, response, rate, first, pieces, audio_format,
+                                          writer)
+            except SynthesisError as exc:
+                self.failures += 1
+                log.error("Synthesis failed for voice %s: %s", pool.voice.id, exc)
+                raise APIError(SYNTHESIS_FAILED) from None
+            return True
+        transcoder: Transcoder | None = None
+        if audio_format != "wav":
+            try:
+                transcoder = await self._start_transcoder(audio_format, rate)
+            except TranscodeError as exc:
+                self.failures += 1
+                log.error("Cannot encode %s: %s", audio_format, exc)
+                raise APIError(SYNTHESIS_FAILED) from None
+        try:
+            await response.prepare(request)
+        except BaseException:
+            if transcoder is not None:
+                await self._stop_transcoder(transcoder)
+            raise
+        try:
+            await self._send_stream(response, rate, first, pieces, transcoder, writer, flow)
+        except (SynthesisError, TranscodeError) as exc:
+            self.failures += 1
+            log.error("Synthesis failed for voice %s mid-stream, aborting the "
+                      "connection: %s", pool.voice.id, exc)
+            # Never a clean end of a truncated file: the client must see
+            # an incomplete body.
+            if request.transport is not None:
+                request.transport.abort()
+            return False
+        return True
+
+    async def _synthesise(self, pool: VoicePool, chunks: list[Chunk], admission: Admission,
+                          flow: _Flow) -> AsyncGenerator[tuple[int, bytes], None]:
         """Yield (rate, PCM) strictly in text order while the next chunks synthesise in parallel.
 
         The response's first audio is yielded as soon as its worker sends it,
@@ -301,7 +371,10 @@ class SynthService:
         and wake-ups per sentence; still far ahead of playback), and a chunk's
         rest when it ends. A later chunk, synthesised meanwhile, comes out
         when it becomes the head. Every chunk yields at least once (empty PCM
-        if it had no audio).
+        if it had no audio). A chunk holding CHUNK_BUFFER_BYTES not yet taken
+        stops reading its worker (which then waits): a slow consumer slows
+        the engines down instead of piling audio up here. Past
+        max_audio_seconds of audio, AudioTooLong is raised and synthesis stops.
         """
         # Enough chunks in flight to keep every worker of the voice busy, plus
         # the one being written; a bound, so a long text never piles up audio.
@@ -309,10 +382,12 @@ class SynthService:
         pending: list[tuple[asyncio.Task[int], _ChunkAudio]] = []
         index = 0
         first = True
+        limit = self._config.max_audio_seconds
+        produced = 0  # bytes of PCM yielded so far
         try:
             while index < len(chunks) or pending:
                 while index < len(chunks) and len(pending) < lookahead:
-                    audio = _ChunkAudio()
+                    audio = _ChunkAudio(flow)
                     task = asyncio.create_task(pool.stream(chunks[index], audio.put, admission))
                     task.add_done_callback(audio.finished)
                     pending.append((task, audio))
@@ -322,7 +397,13 @@ class SynthService:
                 yielded = False
                 while True:
                     if audio.size and (first or task.done() or audio.size >= _WRITE_SIZE):
-                        yield audio.rate, audio.take()
+                        rate = audio.rate
+                        pcm = audio.take()
+                        produced += len(pcm)
+                        # Counted in samples of the chunk's rate (every chunk shares it).
+                        if produced > int(limit * rate) * 2:
+                            raise AudioTooLong(limit)
+                        yield rate, pcm
                         yielded, first = True, False
                     elif task.done():
                         break
@@ -342,8 +423,8 @@ class SynthService:
 
     async def _send_stream(self, response: web.StreamResponse, rate: int, first: bytes,
                            pieces: AsyncIterator[tuple[int, bytes]], transcoder: Transcoder | None,
-                           writer: CacheEntryWriter | None) -> None:
-        """Write audio to a prepared chunked response as each piece arrives (through ffmpeg if given)."""
+                           writer: CacheEntryWriter | None, flow: _Flow) -> None:
+        """Write audio to a prepared response as each piece arrives (through ffmpeg if given)."""
         if transcoder is None:
             await self._send(response, wav.streaming_header(rate))
             if writer is not None:
@@ -353,6 +434,7 @@ class SynthService:
             while pcm is not None:
                 for offset in range(0, len(pcm), _WRITE_SIZE):
                     await self._send(response, pcm[offset:offset + _WRITE_SIZE])
+                    flow.moved()
                 if writer is not None:
                     await writer.write(pcm)
                 data_bytes += len(pcm)
@@ -360,15 +442,28 @@ class SynthService:
             if writer is not None:
                 await writer.write_at(0, wav.exact_header(rate, data_bytes))
             return
+
+        async def send(data: bytes) -> None:
+            await self._send(response, data)
+            flow.moved()
+            if writer is not None:
+                await writer.write(data)
+
+        await self._transcode(transcoder, rate, first, pieces, send)
+
+    async def _transcode(self, transcoder: Transcoder, rate: int, first: bytes,
+                         pieces: AsyncIterator[tuple[int, bytes]],
+                         out: Callable[[bytes], Awaitable[None]]) -> None:
+        """Feed the PCM through ffmpeg, handing its output to out as it comes; ffmpeg always stops."""
         feeder = asyncio.create_task(self._feed(transcoder, rate, first, pieces))
         try:
             try:
                 while data := await transcoder.read():
-                    await self._send(response, data)
-                    if writer is not None:
-                        await writer.write(data)
+                    await out(data)
             except TranscodeError:
-                # ffmpeg stopped because the feeder failed: report the feeder's reason.
+                # ffmpeg may have stopped because the feeder failed (it stops ffmpeg, then
+                # raises): give it a moment to end, and report its reason if so.
+                await asyncio.wait([feeder], timeout=_FEEDER_SETTLE_SECONDS)
                 if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
                     raise feeder.exception() from None  # type: ignore[misc]
                 raise
@@ -419,44 +514,62 @@ class SynthService:
     async def _send_complete(self, request: web.Request, response: web.StreamResponse, rate: int,
                              first: bytes, pieces: AsyncIterator[tuple[int, bytes]],
                              audio_format: str, writer: CacheEntryWriter | None) -> None:
-        """Synthesise everything first, then send one complete file with Content-Length."""
-        parts = [first]
-        while (pcm := await _next_pcm(pieces, rate)) is not None:
-            parts.append(pcm)
-        blocks: list[bytes]
-        if audio_format == "wav":
-            # The header knows the size up front: the PCM pieces go out as they are, no join.
-            blocks = [wav.exact_header(rate, sum(len(p) for p in parts)), *parts]
-        else:
-            pcm_all = b"".join(parts)
-            del parts
-            try:
-                body = await encode(ffmpeg_executable(self._config), audio_format, rate, pcm_all)
-            except (TranscodeError, OSError) as exc:
-                self.failures += 1
-                log.error("Encoding %s failed: %s", audio_format, exc)
-                raise APIError(SYNTHESIS_FAILED) from None
-            del pcm_all
-            blocks = [body]
-        if writer is not None:
-            for block in blocks:
-                await writer.write(block)
-        response.content_length = sum(len(b) for b in blocks)
-        await response.prepare(request)
-        for block in blocks:
-            view = memoryview(block)
-            for offset in range(0, len(view), _WRITE_SIZE):
-                await self._send(response, view[offset:offset + _WRITE_SIZE])
-        await response.write_eof()
+        """Synthesise (and encode) everything into a spool, then send one file with Content-Length.
+
+        The spool holds spool_bytes in memory, the rest in an unlinked temporary
+        file: however long the answer, the daemon's memory stays bounded.
+        """
+        body = Spool(self._config.spool_bytes, self._config.state_dir)
+        try:
+            header = b""
+            if audio_format == "wav":
+                if writer is not None:
+                    await writer.write(wav.exact_header(rate, 0))
+                pcm: bytes | None = first
+                while pcm is not None:
+                    await body.write(pcm)
+                    if writer is not None:
+                        await writer.write(pcm)
+                    pcm = await _next_pcm(pieces, rate)
+                # The header knows the size only now; the PCM follows it from the spool.
+                header = wav.exact_header(rate, body.size)
+                if writer is not None:
+                    await writer.write_at(0, header)
+            else:
+                async def keep(data: bytes) -> None:
+                    await body.write(data)
+                    if writer is not None:
+                        await writer.write(data)
+
+                try:
+                    # A tracked ffmpeg (stopped by close()) encodes while synthesis runs.
+                    transcoder = await self._start_transcoder(audio_format, rate)
+                    await self._transcode(transcoder, rate, first, pieces, keep)
+                except TranscodeError as exc:
+                    self.failures += 1
+                    log.error("Encoding %s failed: %s", audio_format, exc)
+                    raise APIError(SYNTHESIS_FAILED) from None
+            response.content_length = len(header) + body.size
+            await response.prepare(request)
+            if header:
+                await self._send(response, header)
+            async for block in body.blocks():
+                view = memoryview(block)
+                for offset in range(0, len(view), _WRITE_SIZE):
+                    await self._send(response, view[offset:offset + _WRITE_SIZE])
+            await response.write_eof()
+        finally:
+            await self._background.finish(body.aclose())
 
     async def _send_cached(self, request: web.Request, handle: Any, size: int, audio_format: str,
                            stream: bool) -> web.StreamResponse:
         """Serve a cached file (complete, exact sizes); chunked if a stream was asked for."""
         response = web.StreamResponse()
         response.content_type = CONTENT_TYPES[audio_format]
-        if stream:
+        if stream and request.version == HttpVersion11:
             response.enable_chunked_encoding()
         else:
+            # The size is known: HTTP/1.0 gets it too, even when it asked for a stream.
             response.content_length = size
         try:
             await response.prepare(request)
@@ -472,33 +585,70 @@ class SynthService:
         return response
 
 
-class _ChunkAudio:
-    """One chunk's audio as its worker sends it, held until the consumer takes it (in text order)."""
+class _Flow:
+    """When the request's consumer last moved (took audio, or sent some): bounds waiting for room."""
 
-    def __init__(self) -> None:
+    def __init__(self, patience: float) -> None:
+        self.patience = patience
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+
+    def moved(self) -> None:
+        """The consumer made progress."""
+        self._last = self._loop.time()
+
+    def remaining(self) -> float:
+        """Seconds a chunk may still wait for room before its consumer counts as stalled."""
+        return self._last + self.patience - self._loop.time()
+
+
+class _ChunkAudio:
+    """One chunk's audio as its worker sends it, held (up to a bound) until the consumer takes it."""
+
+    def __init__(self, flow: _Flow, bound: int = CHUNK_BUFFER_BYTES) -> None:
         self.rate = 0
         self.size = 0
         self._parts: list[bytes] = []
         self._changed = asyncio.Event()
+        self._room = asyncio.Event()
         self._wake_at = 1
+        self._flow = flow
+        self._bound = bound
 
-    def put(self, rate: int, pcm: bytes) -> None:
-        """The sink given to the pool: one audio frame arrived."""
+    async def put(self, rate: int, pcm: bytes) -> None:
+        """The sink given to the pool: one audio frame arrived; waits while bound bytes are held.
+
+        Not returning leaves the worker's pipe unread, so the worker blocks on
+        its write and its engine pauses. The wait is bounded by the consumer's
+        progress, not by the worker's silence timeout: a consumer that moves
+        nothing for the flow's patience raises ConsumerStalled (the worker is
+        then stopped).
+        """
         self.rate = rate
         self._parts.append(pcm)
         self.size += len(pcm)
         if self.size >= self._wake_at:
             self._changed.set()
+        while self.size >= self._bound:
+            remaining = self._flow.remaining()
+            if remaining <= 0:
+                raise ConsumerStalled(f"audio not taken for {self._flow.patience:g} s")
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._room.wait()
 
     def finished(self, _task: asyncio.Task[Any]) -> None:
         """Done callback of the chunk's task: wake the consumer to see the end (or failure)."""
         self._changed.set()
 
     def take(self) -> bytes:
-        """Everything that arrived since the last take, joined."""
+        """Everything that arrived since the last take, joined; makes room for the worker."""
         pcm = b"".join(self._parts) if len(self._parts) > 1 else self._parts[0]
         self._parts = []
         self.size = 0
+        self._room.set()
+        self._flow.moved()
         return pcm
 
     async def wait(self, size: int) -> None:

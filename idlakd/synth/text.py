@@ -1,10 +1,8 @@
-"""Turn request text into synthesis chunks: sentences of bounded length, or one markup document."""
+"""Split plain text into sentences, and sentences into pieces of bounded length."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import xml.etree.ElementTree as ET
 from typing import Final
 
 # A worker gets one chunk at a time; a bound keeps the first audio quick and
@@ -23,36 +21,6 @@ _ABBREVIATIONS: Final = frozenset({
 _PARAGRAPH: Final = re.compile(r"\n\s*\n")
 _SOFT_BREAK: Final = re.compile(r"[,;:\u2013\u2014\u3001\uff0c]\s+")
 _HAS_WORD: Final = re.compile(r"\w")
-# Markup starts like an XML document: a tag, a declaration or a comment.
-_MARKUP_START: Final = re.compile(r"<[A-Za-z_?!]")
-_FORBIDDEN_DECL: Final = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
-
-
-@dataclasses.dataclass(frozen=True)
-class Chunk:
-    """One unit of work for a worker: its text and whether that text is markup."""
-
-    text: str
-    markup: bool = False
-
-
-def is_markup(text: str) -> bool:
-    """Whether the text is meant as an XML document rather than plain text."""
-    return _MARKUP_START.match(text.lstrip()) is not None
-
-
-def check_markup(text: str) -> str:
-    """Return the markup stripped, or raise ValueError if it is unsafe or not well-formed."""
-    # Refuse declarations before any parser sees them: no entity expansion
-    # (billion laughs) and no external entities, whatever the parser does.
-    if _FORBIDDEN_DECL.search(text):
-        raise ValueError("Markup must not contain DOCTYPE or ENTITY declarations.")
-    document = text.strip()
-    try:
-        ET.fromstring(document)
-    except ET.ParseError as exc:
-        raise ValueError(f"Markup is not well-formed XML ({exc}).") from None
-    return document
 
 
 def _is_abbreviation(piece: str) -> bool:
@@ -94,7 +62,7 @@ def split_sentences(text: str) -> list[str]:
     return result
 
 
-def _cut(sentence: str, limit: int) -> list[str]:
+def cut_sentence(sentence: str, limit: int) -> list[str]:
     """Cut one sentence into pieces of at most limit characters, at commas, then spaces."""
     pieces: list[str] = []
     rest = sentence
@@ -117,15 +85,3 @@ def _cut(sentence: str, limit: int) -> list[str]:
     if rest:
         pieces.append(rest)
     return pieces
-
-
-def split_text(text: str, max_chars: int = MAX_CHUNK_CHARS) -> list[Chunk]:
-    """Chunks for a request: one markup document whole, or bounded sentences; ValueError if unusable."""
-    if max_chars < 1:
-        raise ValueError("max_chars must be at least 1")
-    if is_markup(text):
-        return [Chunk(check_markup(text), markup=True)]
-    chunks = [Chunk(piece) for sentence in split_sentences(text) for piece in _cut(sentence, max_chars)]
-    if not chunks:
-        raise ValueError("Text has nothing to say.")
-    return chunks

@@ -141,27 +141,3 @@ class Transcoder:
         self._stderr_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._stderr_task
-
-
-async def encode(executable: str, audio_format: str, sample_rate: int, pcm: bytes) -> bytes:
-    """Encode a complete PCM buffer (for non-streamed responses)."""
-    transcoder = await Transcoder.start(executable, audio_format, sample_rate)
-    try:
-        async def feed() -> None:
-            for offset in range(0, len(pcm), _READ_SIZE):
-                await transcoder.write(pcm[offset:offset + _READ_SIZE])
-            await transcoder.close_input()
-
-        feeder = asyncio.create_task(feed())
-        parts: list[bytes] = []
-        try:
-            while data := await transcoder.read():
-                parts.append(data)
-        finally:
-            if not feeder.done():
-                feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feeder
-        return b"".join(parts)
-    finally:
-        await transcoder.aclose()

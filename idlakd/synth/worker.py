@@ -2,8 +2,11 @@
 
     python -m idlakd.synth.worker --engine {espeak,tangle,command} [--directory DIR]
         [--options JSON] [--idlak-root PATH] [--name TAG] [--log-level LEVEL]
+        [--memory-mb N] [--allow-read PATH ...]
 
-Before any engine is imported, the real stdout is moved to a private fd that
+Before any engine is imported the worker confines itself (idlakd.synth.sandbox:
+an address-space limit, and Landlock read-only access to its Python, its
+engine's data and its voice), and the real stdout is moved to a private fd that
 carries only protocol frames (see idlakd.synth.protocol), and fd 1 is pointed
 at stderr: Kaldi, Idlak and other C libraries print to stdout and would
 otherwise corrupt the stream. Log lines go to stderr; the daemon logs them
@@ -18,13 +21,14 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Iterator, Sequence
 
-from idlakd.synth import protocol
+from idlakd.synth import protocol, sandbox
 from idlakd.synth.protocol import ProtocolError, read_frame_sync, write_frame_sync
 
 if TYPE_CHECKING:  # engines are imported only after the stdout guard is in place
@@ -35,6 +39,8 @@ logger = logging.getLogger("idlakd.synth.worker")
 EXIT_OK: Final = 0
 EXIT_BAD_FRAME: Final = 2
 EXIT_FATAL: Final = protocol.EXIT_FATAL
+# C0/C1 control characters other than tab, LF and CR (eSpeak reads U+0001 as a command).
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 #: The fd carrying protocol frames once guard_stdout() ran (the test stand-in's
 #: garbage trigger looks it up here to prove the parent rejects a bad frame).
@@ -43,7 +49,8 @@ protocol_fd: int | None = None
 
 def worker_argv(engine: str, directory: str = "", options: dict[str, Any] | None = None,
                 idlak_root: Path | None = None, name: str = "",
-                python: str = sys.executable) -> list[str]:
+                python: str = sys.executable, memory_mb: int = 0,
+                allow_read: Sequence[str] = ()) -> list[str]:
     """The command line that starts a worker for one voice (for the daemon's pool)."""
     argv = [python, "-m", "idlakd.synth.worker", "--engine", engine]
     if directory:
@@ -54,6 +61,10 @@ def worker_argv(engine: str, directory: str = "", options: dict[str, Any] | None
         argv += ["--idlak-root", str(idlak_root)]
     if name:
         argv += ["--name", name]
+    if memory_mb > 0:
+        argv += ["--memory-mb", str(memory_mb)]
+    for path in allow_read:
+        argv += ["--allow-read", path]
     return argv
 
 
@@ -68,7 +79,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", default="", help="tag for log lines (the voice id)")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--memory-mb", type=int, default=0,
+                        help="address-space limit in MiB (RLIMIT_AS); 0: none")
+    parser.add_argument("--allow-read", action="append", default=[], metavar="PATH",
+                        help="a further directory or file the worker may read (repeatable); "
+                             "its voice directory (and Idlak root, for tangle) always are")
     args = parser.parse_args(argv)
+    if args.memory_mb < 0:
+        parser.error("--memory-mb must be 0 or more")
     try:
         args.options = json.loads(args.options)
     except json.JSONDecodeError as exc:
@@ -115,20 +133,43 @@ def serve(engine: "Engine", stdin: BinaryIO, out: BinaryIO) -> int:
                              message=f"unexpected frame type {frame.type!r}")
             continue
         try:
-            text = frame.payload.decode("utf-8")
-        except UnicodeDecodeError:
-            write_frame_sync(out, protocol.ERROR, id=request_id, message="text is not valid UTF-8")
+            segments = protocol.decode_segments(frame.payload)
+        except ProtocolError as exc:
+            write_frame_sync(out, protocol.ERROR, id=request_id, message=str(exc))
             continue
-        _synthesize_one(engine, out, request_id, text, bool(frame.header.get("markup", False)))
+        _synthesize_one(engine, out, request_id, segments)
 
 
-def _synthesize_one(engine: "Engine", out: BinaryIO, request_id: Any, text: str, markup: bool) -> None:
+def _audio(engine: "Engine", segments: list[str | int]) -> Iterator[bytes]:
+    """PCM of the segments in order: the engine speaks texts, breaks are silence made here."""
+    for segment in segments:
+        if isinstance(segment, int):
+            samples = engine.sample_rate * segment // 1000
+            for start in range(0, samples, protocol.MAX_AUDIO_PAYLOAD // 2):
+                yield bytes(2 * min(protocol.MAX_AUDIO_PAYLOAD // 2, samples - start))
+            continue
+        # The daemon sends clean text; a second sweep costs nothing and keeps
+        # the engine safe from any other caller of the protocol.
+        text = _CONTROL.sub("", segment)
+        if text.strip():
+            yield from engine.synthesize(text)
+
+
+def _synthesize_one(engine: "Engine", out: BinaryIO, request_id: Any,
+                    segments: list[str | int]) -> None:
     """Run one request: start, audio frames as the engine yields, then end or error."""
     write_frame_sync(out, protocol.START, id=request_id, sample_rate=engine.sample_rate)
     started = time.monotonic()
     samples = 0
     carry = b""  # an odd byte left by an engine chunk; frames hold whole samples
-    chunks = iter(engine.synthesize(text, markup))
+    try:
+        # Whatever an earlier request did to the engine (rate, volume, voice) is undone first.
+        engine.reset()
+    except Exception as exc:  # noqa: BLE001 - an engine that cannot reset fails this request
+        logger.exception("request %s: engine reset failed", request_id)
+        write_frame_sync(out, protocol.ERROR, id=request_id, message=f"{type(exc).__name__}: {exc}")
+        return
+    chunks = _audio(engine, segments)
     while True:
         try:
             chunk = next(chunks)
@@ -147,8 +188,8 @@ def _synthesize_one(engine: "Engine", out: BinaryIO, request_id: Any, text: str,
             write_frame_sync(out, protocol.AUDIO, payload, id=request_id)
         samples += len(data) // 2
     write_frame_sync(out, protocol.END, id=request_id, samples=samples)
-    logger.debug("request %s: %d characters, %d samples in %.3f s", request_id, len(text), samples,
-                 time.monotonic() - started)
+    logger.debug("request %s: %d segments, %d samples in %.3f s", request_id, len(segments),
+                 samples, time.monotonic() - started)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,6 +202,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "%(name)s: %(message)s")
     engine: Engine | None = None
     try:
+        try:
+            # Before any engine code runs: a hostile text meets these limits, not the host.
+            sandbox.confine(args.engine, args.memory_mb, args.directory,
+                            str(args.idlak_root or ""), args.allow_read)
+        except OSError as exc:
+            logger.exception("cannot confine the worker")
+            write_frame_sync(out, protocol.ERROR, id=None, fatal=True,
+                             message=f"cannot confine the worker: {exc}")
+            return EXIT_FATAL
         try:
             from idlakd.synth.engines import load_engine
             engine = load_engine(args.engine, args.directory, args.options, args.idlak_root)

@@ -21,14 +21,21 @@ class EngineError(Exception):
 
 
 class Engine(abc.ABC):
-    """One loaded voice: turns text into mono signed 16-bit little-endian PCM."""
+    """One loaded voice: turns plain text into mono signed 16-bit little-endian PCM.
+
+    The text is words only (the daemon's document model removed markup and
+    control characters); an engine that reads markup must escape it.
+    """
 
     #: Samples per second of everything synthesize() yields; fixed once loaded.
     sample_rate: int
 
     @abc.abstractmethod
-    def synthesize(self, text: str, markup: bool) -> Iterator[bytes]:
+    def synthesize(self, text: str) -> Iterator[bytes]:
         """Yield PCM (s16le, even-length chunks) as soon as the engine produces it."""
+
+    def reset(self) -> None:
+        """Undo whatever an earlier request changed (called before every request)."""
 
     def close(self) -> None:
         """Release what the engine holds (the worker calls it before exiting)."""

@@ -10,7 +10,7 @@ The WAV is parsed as it streams (RIFF, ``fmt ``, ``data``; sizes of
 16-bit PCM, and several channels are averaged down to mono. PCM is yielded
 as soon as it is read. There is no timeout here: the daemon kills a silent
 worker. A non-zero exit raises ``CommandError`` with the program's stderr tail.
-Markup requests get the text as it is: the program decides what markup it understands.
+It gets plain words only: the daemon's document model has read any markup.
 """
 
 from __future__ import annotations
@@ -133,11 +133,11 @@ class CommandEngine(Engine):
         else:
             self.sample_rate = 0  # learned from the probe below
             probe = str(options.get("probe_text", "Ready."))
-            for _ in self.synthesize(probe, False):
+            for _ in self.synthesize(probe):
                 pass
         logger.info("command engine %s at %d Hz", self._argv[0], self.sample_rate)
 
-    def synthesize(self, text: str, markup: bool) -> Iterator[bytes]:
+    def synthesize(self, text: str) -> Iterator[bytes]:
         """Run the program on the text and yield its PCM as it streams out."""
         proc = subprocess.Popen(self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, cwd=self._cwd)

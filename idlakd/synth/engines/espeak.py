@@ -33,10 +33,17 @@ AUDIO_OUTPUT_SYNCHRONOUS: Final = 2
 INITIALIZE_DONT_EXIT: Final = 0x8000
 POS_CHARACTER: Final = 1
 CHARS_UTF8: Final = 1
-SSML: Final = 0x10
 ENDPAUSE: Final = 0x1000
 PARAM_RATE: Final = 1
+PARAM_VOLUME: Final = 2
 PARAM_PITCH: Final = 3
+PARAM_RANGE: Final = 4
+PARAM_WORDGAP: Final = 7
+# eSpeak's own defaults for what a voice file does not set.
+DEFAULT_RATE: Final = 175
+DEFAULT_VOLUME: Final = 100
+DEFAULT_PITCH: Final = 50
+DEFAULT_RANGE: Final = 50
 EE_OK: Final = 0
 # Milliseconds of sound per callback buffer, and so per audio frame a worker
 # sends: small enough to stream promptly (eSpeak makes 500 ms of sound in about
@@ -184,15 +191,27 @@ class EspeakEngine(Engine):
         voice = str(options.get("voice", DEFAULT_VOICE))
         identifier = resolve_voice(voice, data_dir)
         assert identifier is not None  # checked by missing_reason above
-        spec = identifier + (f"+{options['variant']}" if options.get("variant") else "")
-        status = lib.espeak_SetVoiceByName(spec.encode())
-        if status != EE_OK:
-            raise EngineError(f"espeak_SetVoiceByName({spec!r}) failed ({status})")
-        for key, param in (("rate", PARAM_RATE), ("pitch", PARAM_PITCH)):
-            if options.get(key) is not None:
-                lib.espeak_SetParameter(param, int(options[key]), 0)
+        self._spec = identifier + (f"+{options['variant']}" if options.get("variant") else "")
+        self._parameters = (
+            (PARAM_RATE, int(options.get("rate", DEFAULT_RATE))),
+            (PARAM_VOLUME, DEFAULT_VOLUME),
+            (PARAM_PITCH, int(options.get("pitch", DEFAULT_PITCH))),
+            (PARAM_RANGE, DEFAULT_RANGE),
+            (PARAM_WORDGAP, 0),
+        )
         self._lock = threading.Lock()
-        logger.info("eSpeak NG voice %s loaded at %d Hz", spec, rate)
+        self.reset()
+        logger.info("eSpeak NG voice %s loaded at %d Hz", self._spec, rate)
+
+    def reset(self) -> None:
+        """Select the voice again and set every parameter a text could have changed."""
+        status = self._lib.espeak_SetVoiceByName(self._spec.encode())
+        if status != EE_OK:
+            raise EngineError(f"espeak_SetVoiceByName({self._spec!r}) failed ({status})")
+        for param, value in self._parameters:
+            status = self._lib.espeak_SetParameter(param, value, 0)
+            if status != EE_OK:
+                raise EngineError(f"espeak_SetParameter({param}, {value}) failed ({status})")
 
     def _on_synth(self, wav: int | None, numsamples: int, events: int | None) -> int:
         """Callback from eSpeak (on the synth thread): queue the buffer; 1 asks eSpeak to stop."""
@@ -219,10 +238,12 @@ class EspeakEngine(Engine):
         finally:
             request.chunks.put(None)
 
-    def synthesize(self, text: str, markup: bool) -> Iterator[bytes]:
+    def synthesize(self, text: str) -> Iterator[bytes]:
         """Yield PCM per eSpeak buffer while the synth thread runs."""
         # ENDPAUSE: consecutive chunks of one text need the sentence pause between them.
-        flags = CHARS_UTF8 | ENDPAUSE | (SSML if markup else 0)
+        # Never the SSML flag: the text is words only, and eSpeak's own markup
+        # reader has memory-safety bugs (<audio src>, long xml:base).
+        flags = CHARS_UTF8 | ENDPAUSE
         with self._lock:
             request = _Request()
             self._current = request

@@ -7,8 +7,9 @@ MLSA vocoder output; Idlak's own WAV writer and the original REST server clip
 them to [-32768, 32767]), so that is the default here. Option
 ``sample_scale: "unit"`` handles a pyIdlak build that returns [-1, 1] floats.
 
-Idlak wraps the text in ``<doc>...</doc>`` and parses it as XML, so plain text
-is XML-escaped first; markup input is passed through as Idlak XML.
+Idlak wraps the text in ``<doc>...</doc>`` and parses it as XML, so the text
+is always XML-escaped: the daemon's document model has already read any
+markup of the request (breaks arrive as silence, not as tags).
 """
 
 from __future__ import annotations
@@ -112,9 +113,9 @@ class TangleEngine(Engine):
             raise EngineError(f"voice sample rate {srate} is not positive")
         return srate
 
-    def synthesize(self, text: str, markup: bool) -> Iterator[bytes]:
+    def synthesize(self, text: str) -> Iterator[bytes]:
         """Speak the whole text with Idlak, then yield it as PCM chunks."""
-        waveform = self._voice.speak(text if markup else escape(text))
+        waveform = self._voice.speak(escape(text))
         if waveform is None:
             raise EngineError("pyIdlak returned no waveform")
         yield from to_pcm(waveform, self._scale)

@@ -19,6 +19,15 @@ It misbehaves on purpose:
   writes junk into the worker's protocol fd. The fd guard makes that
   impossible by accident, so this is a deliberate hack: it reads the fd from
   the worker module's ``protocol_fd`` global (``__main__`` under ``python -m``);
+- text containing ``READFILE:<path>`` opens and reads that file first and lets
+  any ``OSError`` (``PermissionError`` under the worker's Landlock sandbox)
+  propagate, so a test can tell what the worker may read;
+- text containing ``ALLOC:<MiB>`` allocates that many MiB (``bytes(n)``:
+  calloc'd, so untouched pages cost nothing without a limit) and keeps it for
+  the rest of the call, to prove the worker's memory limit;
+- text containing ``SIGNAL0:<pid>`` sends signal 0 (an existence probe that
+  still needs permission) to that process, letting ``PermissionError``
+  propagate, to prove a worker cannot signal processes outside its sandbox;
 - stand-in-only voice.conf keys: ``delay_per_sentence`` (seconds slept per
   sentence in speak, to simulate slow synthesis), ``load_delay`` (seconds slept
   while loading), ``garbage`` (see above).
@@ -34,6 +43,9 @@ import sys
 import time
 
 _WORD = re.compile(r"\S+")
+_READFILE = re.compile(r"READFILE:(\S+)")
+_ALLOC = re.compile(r"ALLOC:(\d+)")
+_SIGNAL0 = re.compile(r"SIGNAL0:(\d+)")
 _SENTENCE_END = re.compile(r"[.!?]+(\s|$)")
 SECONDS_PER_LETTER = 0.03
 GAP_SECONDS = 0.02
@@ -118,6 +130,13 @@ class TangleVoice:
                 time.sleep(3600)
         if "RAISE" in text:
             raise RuntimeError("stand-in pyIdlak: RAISE requested")
+        for path in _READFILE.findall(text):
+            with open(path, "rb") as wanted:
+                self.log.info("stand-in pyIdlak: read %d bytes of %s", len(wanted.read()), path)
+        for pid in _SIGNAL0.findall(text):
+            os.kill(int(pid), 0)
+        hoard = [bytes(int(mib) * 1024 * 1024) for mib in _ALLOC.findall(text)]
+        self.log.info("stand-in pyIdlak: holding %d MiB", sum(len(b) for b in hoard) >> 20)
         sentences = max(1, len(_SENTENCE_END.findall(text)))
         time.sleep(float(self._conf.get("delay_per_sentence", "0")) * sentences)
         rate = int(getattr(self, "_srate", 48000))
