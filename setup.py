@@ -1,6 +1,6 @@
 """Install idlakd: the package, its admin templates, the default voice list and the `idlakd` command."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="idlakd",
@@ -10,8 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=["idlakd", "idlakd.admin", "idlakd.api", "idlakd.synth", "idlakd.synth.engines",
-              "idlakd.templates"],
+    packages=[*find_packages(include=["idlakd", "idlakd.*"]), "idlakd.templates"],
     # The admin page's templates live at the top level (templates/) and ship inside the package.
     package_dir={"idlakd.templates": "templates"},
     package_data={"idlakd.templates": ["*.html", "*.css", "*.js"]},
@@ -39,7 +38,7 @@ setup(
             "playwright>=1.40",
         ],
     },
-    entry_points={"console_scripts": ["idlakd = idlakd.cli:main"]},
+    entry_points={"console_scripts": ["idlakd = idlakd.cli.main:main"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",
         "Framework :: aiohttp",

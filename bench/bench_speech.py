@@ -38,7 +38,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from idlakd.synth.engines import load_engine  # noqa: E402
+from idlakd.worker.engines import load_engine  # noqa: E402
 from idlakd.synth.text import split_text  # noqa: E402
 
 VOICE_ID = "alba"

@@ -1,5 +1,5 @@
 """`python -m idlakd` runs the command line."""
 
-from idlakd.cli import main
+from idlakd.cli.main import main
 
 raise SystemExit(main())

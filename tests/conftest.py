@@ -11,7 +11,7 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
-from idlakd.app import create_app
+from idlakd.web.app import create_app
 from idlakd.config import Config, load_config
 
 REPO = Path(__file__).resolve().parent.parent

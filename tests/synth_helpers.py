@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from idlakd.synth.document import Chunk, Text
-from idlakd.synth.protocol import Frame, encode_frame, encode_segments, read_frame
-from idlakd.synth.worker import worker_argv
+from idlakd.worker.protocol import Frame, encode_frame, encode_segments, read_frame
+from idlakd.worker.main import worker_argv
 
 REPO = Path(__file__).resolve().parent.parent
 #: idlak_root for tests: holds the stand-in pyIdlak package.

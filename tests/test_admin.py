@@ -11,10 +11,10 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from idlakd.admin.session import LOGIN_COOKIE, SESSION_COOKIE, issue_session
-from idlakd.api.users import ONLY_ADMIN
-from idlakd.auth import ADMIN_REQUIRED, LOGIN_INCORRECT
-from idlakd.keys import passwords_key, secret_key, store_key, synth_key
+from idlakd.web.admin.session import LOGIN_COOKIE, SESSION_COOKIE, issue_session
+from idlakd.web.api.users import ONLY_ADMIN
+from idlakd.web.auth import ADMIN_REQUIRED, LOGIN_INCORRECT
+from idlakd.web.keys import passwords_key, secret_key, store_key, synth_key
 from tests.conftest import assert_error, bearer, login, make_config
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -73,7 +73,7 @@ async def test_sign_in_sets_a_strict_cookie(client: TestClient[Any, Any],
 
 async def test_cookie_secure_when_configured(aiohttp_client: Any, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from idlakd.app import create_app
+    from idlakd.web.app import create_app
 
     client = await aiohttp_client(create_app(make_config(tmp_path, cookie_secure="true")))
     password = re.search(r"<User admin:([^:]+):True>", capsys.readouterr().out)
@@ -91,7 +91,7 @@ async def test_cookie_secure_when_configured(aiohttp_client: Any, tmp_path: Path
 
 async def test_wrong_password_and_throttle(aiohttp_client: Any, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from idlakd.app import create_app
+    from idlakd.web.app import create_app
 
     client = await aiohttp_client(create_app(make_config(tmp_path, login_max_failures="2")))
     for _ in range(2):
@@ -377,7 +377,7 @@ async def test_errors_are_pages_not_json(client: TestClient[Any, Any],
 
 
 def test_templates_dir_holds_every_template() -> None:
-    from idlakd.admin.views import templates_dir
+    from idlakd.web.admin.views import templates_dir
 
     names = {p.name for p in templates_dir().iterdir()}
     assert {"base.html", "login.html", "admin.css", "admin.js", "__init__.py"} <= names

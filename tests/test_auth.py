@@ -11,7 +11,7 @@ from typing import Any
 import jwt
 from aiohttp.test_utils import TestClient
 
-from idlakd.auth import issue_token
+from idlakd.web.auth import issue_token
 from idlakd.config import Config
 from tests.conftest import assert_error, bearer, login, make_config
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from idlakd.backup import BackupError, backup_database
-from idlakd.cli import main
-from idlakd.store import Store
+from idlakd.store.backup import BackupError, backup_database
+from idlakd.cli.main import main
+from idlakd.store.sqlite import Store
 
 
 def _users(path: Path) -> list[str]:

@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 
 from daemon_helpers import Daemon, start_daemon, wait_listening
-from idlakd.connections import ACCEPT_ERROR_MESSAGE, AcceptErrorLog
-from idlakd.metrics import Metrics
+from idlakd.web.connections import ACCEPT_ERROR_MESSAGE, AcceptErrorLog
+from idlakd.web.ops.metrics import Metrics
 
 # Time the server gets beyond a deadline before a test calls it missed.
 MARGIN = 1.0
@@ -282,7 +282,7 @@ async def test_accept_errors_are_reported_once_a_window(caplog: pytest.LogCaptur
         await asyncio.sleep(0.3)  # a quiet window: nothing more
     finally:
         errors.uninstall(loop)
-    lines = [r.getMessage() for r in caplog.records if r.name == "idlakd.connections"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "idlakd.web.connections"]
     assert len(lines) == 2, lines
     assert "Too many open files" in lines[0] and "29 more times" in lines[1]
     assert metrics.registry.get_sample_value("idlakd_http_accept_errors_total") == 30

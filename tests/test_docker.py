@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILES = ["Dockerfile", "Dockerfile.cuda"]
 # What `pip install .` reads (setup.py: README, package, templates, data_files).
-BUILD_INPUTS = ["setup.py", "README.md", "idlakd/__init__.py", "idlakd/app.py", "templates/__init__.py",
+BUILD_INPUTS = ["setup.py", "README.md", "idlakd/__init__.py", "idlakd/web/app.py", "templates/__init__.py",
                 "voiceconfig.json", "etc/idlakd.conf", "idlakd.service"]
 
 

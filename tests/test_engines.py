@@ -15,10 +15,10 @@ from typing import Any, Generator, cast
 import pytest
 from synth_helpers import REPO, STANDIN_ROOT, make_standin_voice, wav_command_argv, worker_env
 
-from idlakd.synth.engines import EngineError, load_engine, missing_files
-from idlakd.synth.engines.command import CommandError, read_wav_stream
-from idlakd.synth.engines.espeak import data_path, resolve_voice
-from idlakd.synth.engines.tangle import to_pcm
+from idlakd.worker.engines import EngineError, load_engine, missing_files
+from idlakd.worker.engines.command import CommandError, read_wav_stream
+from idlakd.worker.engines.espeak import data_path, resolve_voice
+from idlakd.worker.engines.tangle import to_pcm
 
 # ---------------------------------------------------------------- missing_files
 
@@ -82,7 +82,7 @@ def test_missing_files_loads_no_engine(tmp_path: Path) -> None:
     script = (
         "import sys, json\n"
         "from pathlib import Path\n"
-        "from idlakd.synth.engines import missing_files\n"
+        "from idlakd.worker.engines import missing_files\n"
         f"print(missing_files('espeak', '', {{'voice': 'en-gb', 'variant': 'f3'}}, None))\n"
         f"print(missing_files('tangle', {voice!r}, {{}}, Path({str(STANDIN_ROOT)!r})))\n"
         "maps = open('/proc/self/maps').read()\n"

@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from idlakd.keys import store_key
+from idlakd.web.keys import store_key
 from tests.conftest import assert_error, bearer, make_config
 
 

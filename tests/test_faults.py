@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestClient
 
 from daemon_helpers import SLOW_WAV, Daemon, start_daemon, wait_listening
 from daemon_helpers import login as daemon_login
-from idlakd import store as store_module
+from idlakd.store import sqlite as store_module
 from tests.conftest import REPO, assert_error, bearer, login, make_config
 
 STANDIN_ROOT = REPO / "tests" / "pyidlak_standin"
@@ -153,7 +153,7 @@ async def _settled(daemon: Daemon, marker: str, max_workers: int, timeout: float
         if zombies:
             problems.append(f"zombies {zombies}")
         others = [(pid, _cmdline(pid)[:120]) for pid in children
-                  if "idlakd.synth.worker" not in _cmdline(pid)]
+                  if "idlakd.worker" not in _cmdline(pid)]
         if others:
             problems.append(f"non-worker children {others}")
         if len(children) > max_workers:
@@ -219,7 +219,7 @@ class FaultDaemon:
     def busy_worker(self, voice_dir_hint: str) -> int:
         """The pid of the daemon's worker whose argv mentions the hint."""
         for pid in _children(self.daemon.process.pid):
-            if voice_dir_hint in _cmdline(pid) and "idlakd.synth.worker" in _cmdline(pid):
+            if voice_dir_hint in _cmdline(pid) and "idlakd.worker" in _cmdline(pid):
                 return pid
         raise AssertionError(f"no worker for {voice_dir_hint}: "
                              f"{[_cmdline(p)[:200] for p in _children(self.daemon.process.pid)]}")

@@ -30,11 +30,11 @@ from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
 from yarl import URL
 
-from idlakd.app import create_app
-from idlakd.auth import issue_token
+from idlakd.web.app import create_app
+from idlakd.web.auth import issue_token
 from idlakd.config import Config
-from idlakd.keys import passwords_key, secret_key, store_key
-from idlakd.routes import ROUTES
+from idlakd.web.keys import passwords_key, secret_key, store_key
+from idlakd.web.routes import ROUTES
 from tests.conftest import assert_error, make_config
 
 T = TypeVar("T")
@@ -662,7 +662,7 @@ FORM_FIELDS = ("csrf_token", "uid", "admin", "password", "id", "name", "gender",
 
 def test_admin_page_routes_with_generated_forms(live: LiveApp) -> None:
     """Every admin route, signed in (with the real CSRF token, or a wrong one) or not."""
-    from idlakd.admin import ROUTES as ADMIN_ROUTES
+    from idlakd.web.admin import ROUTES as ADMIN_ROUTES
     from tests.test_admin import csrf_of
 
     async def sign_in() -> str:

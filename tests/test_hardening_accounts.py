@@ -20,9 +20,9 @@ from aiohttp.test_utils import TestClient
 
 from daemon_helpers import start_daemon, wait_listening
 from daemon_helpers import login as daemon_login
-from idlakd.auth import LOGINS_BUSY
-from idlakd.store import Store
-from idlakd.throttle import TOO_MANY_ATTEMPTS, SlidingWindows
+from idlakd.web.auth import LOGINS_BUSY
+from idlakd.store.sqlite import Store
+from idlakd.accounts.throttle import TOO_MANY_ATTEMPTS, SlidingWindows
 from tests.conftest import REPO, assert_error, bearer, login, make_config, remember_secret
 
 FLOOD_ADDRESSES = [f"127.0.0.{n}" for n in range(2, 12)]

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from conftest import assert_error, make_config
 
 from idlakd.config import Config
-from idlakd.keys import store_key, synth_key
+from idlakd.web.keys import store_key, synth_key
 from idlakd.models import Voice
 from idlakd.synth.pool import Worker
 

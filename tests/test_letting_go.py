@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from idlakd.keys import synth_key
+from idlakd.web.keys import synth_key
 from tests.conftest import make_config
 
 
@@ -42,8 +42,8 @@ async def test_stalled_reader_is_dropped_and_its_work_stops(tmp_path: Path,
 async def test_voice_removed_from_the_database_retires_its_workers(
         tmp_path: Path, started_app_factory: Any) -> None:
     """`idlakd voice remove` (another process) makes the daemon stop that voice's workers."""
-    from idlakd.app import retire_stale_pools
-    from idlakd.keys import store_key
+    from idlakd.web.app import retire_stale_pools
+    from idlakd.web.keys import store_key
 
     cfg = make_config(tmp_path, authorization="false")
     client = await started_app_factory(cfg)

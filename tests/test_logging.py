@@ -16,8 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import bearer, login, make_config
 
-from idlakd.cli import LOG_FORMAT, setup_logging
-from idlakd.http import AccessLogger
+from idlakd.cli.main import LOG_FORMAT, setup_logging
+from idlakd.web.http import AccessLogger
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -55,7 +55,7 @@ async def logged_client(collected: Collect, aiohttp_client: ClientFactory, app: 
                         capsys: pytest.CaptureFixture[str]) -> TestClient[Any, Any]:
     """The app served with the daemon's access logger, while everything is collected."""
     server = TestServer(app)
-    # start_server's arguments reach the AppRunner, like the daemon's own (see idlakd.daemon).
+    # start_server's arguments reach the AppRunner, like the daemon's own (see idlakd.web.server).
     await server.start_server(access_log_class=AccessLogger,
                               access_log=logging.getLogger("idlakd.access"))
     return await aiohttp_client(server)

@@ -14,8 +14,8 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from idlakd.config import Config
-from idlakd.keys import synth_key
-from idlakd.metrics import SynthCollector, is_loopback
+from idlakd.web.keys import synth_key
+from idlakd.web.ops.metrics import SynthCollector, is_loopback
 
 StartApp = Callable[[Config], Awaitable[TestClient[Any, Any]]]
 

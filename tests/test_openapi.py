@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from idlakd.docs_page import DOCS_SCRIPT
-from idlakd.openapi import spec
+from idlakd.web.ops.docs_page import DOCS_SCRIPT
+from idlakd.web.ops.openapi import spec
 
 CONTRACT = Path("/work/shared/api-contract.md")
 REPO = Path(__file__).resolve().parent.parent

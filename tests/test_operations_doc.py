@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from idlakd.cli import build_parser
+from idlakd.cli.main import build_parser
 from idlakd.config import SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from idlakd.synth.protocol import (
+from idlakd.worker.protocol import (
     MAX_HEADER_BYTES,
     Frame,
     ProtocolError,
@@ -159,7 +159,7 @@ async def test_over_pipe_from_subprocess() -> None:
     """Frames survive a real OS pipe from a child process."""
     script = (
         "import sys\n"
-        "from idlakd.synth.protocol import write_frame_sync\n"
+        "from idlakd.worker.protocol import write_frame_sync\n"
         "out = sys.stdout.buffer\n"
         "for i in range(20):\n"
         "    write_frame_sync(out, 'audio', bytes([i]) * 65536, id=i)\n"

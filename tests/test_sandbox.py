@@ -16,8 +16,8 @@ from synth_helpers import (REPO, STANDIN_ROOT, WAV_WRITER, Utterance, WorkerClie
 from idlakd.config import Config, load_config
 from idlakd.models import Voice
 from idlakd.synth.pool import BackgroundTasks, EngineFailed, SynthesisLimiter, VoicePool
-from idlakd.synth.sandbox import landlock_abi
-from idlakd.synth.worker import worker_argv
+from idlakd.worker.sandbox import landlock_abi
+from idlakd.worker.main import worker_argv
 
 MIB = 1024 * 1024
 ABI = landlock_abi()

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from yarl import URL
 
 from idlakd.config import Config
-from idlakd.keys import passwords_key, store_key
-from idlakd.voicedefs import VoiceDefinitionError, voice_from_entry
+from idlakd.web.keys import passwords_key, store_key
+from idlakd.voices.definitions import VoiceDefinitionError, voice_from_entry
 from tests.conftest import REPO, assert_error, bearer, login, make_config
 
 INVALID = "Access token is invalid"
@@ -449,7 +449,7 @@ async def test_metrics_refused_to_a_real_non_loopback_peer(tmp_path: Path) -> No
     """A peer on a real non-loopback address gets 403 from /metrics, with or without forged headers."""
     from aiohttp.test_utils import TestServer
 
-    from idlakd.app import create_app
+    from idlakd.web.app import create_app
 
     address = _non_loopback_address()
     if address is None:

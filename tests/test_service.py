@@ -19,7 +19,7 @@ from test_pool import child_pids, wait_gone
 from test_transcode import decoded_seconds
 
 from idlakd.config import load_config
-from idlakd.http import error_middleware
+from idlakd.web.http import error_middleware
 from idlakd.models import Voice
 from idlakd.synth import wav
 from idlakd.synth.service import SynthService

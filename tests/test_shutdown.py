@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from conftest import assert_error, bearer
 from daemon_helpers import SLOW_CHUNK_BYTES, login, start_daemon, wait_listening
 
-from idlakd.keys import runtime_key
+from idlakd.web.keys import runtime_key
 
 FOUR_SENTENCES = ("First sentence here. Second sentence here. Third sentence here. "
                   "Fourth one here.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from idlakd.store import Store
+from idlakd.store.sqlite import Store
 
 
 async def test_concurrent_writes_queue_instead_of_failing(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from conftest import bearer
 from daemon_helpers import REPO, login, start_daemon
 
 from idlakd.config import load_config
-from idlakd.systemd import Notifier
+from idlakd.web.systemd import Notifier
 
 
 @pytest.fixture
@@ -235,7 +235,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
 if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
     print("no-mdwe"); sys.exit(0)
-from idlakd.synth.engines import load_engine
+from idlakd.worker.engines import load_engine
 engine = load_engine("espeak", "", {"voice": "en-gb"}, None)
 pcm = b"".join(engine.synthesize("Hello from a write-xor-execute process."))
 engine.close()

@@ -64,7 +64,7 @@ def _level(wav_bytes: bytes) -> tuple[float, float]:
 def _worker_pids(daemon: Daemon) -> set[int]:
     """The daemon's synthesis workers now."""
     return {pid for pid in daemon.children()
-            if "idlakd.synth.worker" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")}
+            if "idlakd.worker" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")}
 
 
 async def test_control_characters_cannot_change_another_users_audio(daemon: Daemon) -> None:

@@ -8,7 +8,7 @@ from urllib.parse import quote
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from idlakd.keys import passwords_key, store_key
+from idlakd.web.keys import passwords_key, store_key
 from tests.conftest import assert_error, bearer, login
 
 

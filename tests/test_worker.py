@@ -19,9 +19,9 @@ from synth_helpers import (
     worker_env,
 )
 
-from idlakd.synth.protocol import (MAX_AUDIO_PAYLOAD, ProtocolError, encode_frame, encode_segments,
+from idlakd.worker.protocol import (MAX_AUDIO_PAYLOAD, ProtocolError, encode_frame, encode_segments,
                                    read_frame_sync)
-from idlakd.synth.worker import worker_argv
+from idlakd.worker.main import worker_argv
 
 
 def _peak(samples: Iterable[int]) -> int:
@@ -246,7 +246,7 @@ def test_broken_stdout_exits_quietly(tmp_path: Path) -> None:
 
 def test_bad_options_json_is_a_usage_error() -> None:
     """--options must be a JSON object (argparse exits 2 before touching the protocol)."""
-    argv = [sys.executable, "-m", "idlakd.synth.worker", "--engine", "espeak", "--options", "[1]"]
+    argv = [sys.executable, "-m", "idlakd.worker", "--engine", "espeak", "--options", "[1]"]
     result = subprocess.run(argv, capture_output=True, env=worker_env(), cwd=str(REPO), timeout=20)
     assert result.returncode == 2 and b"JSON object" in result.stderr
 

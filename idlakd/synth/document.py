@@ -4,7 +4,7 @@ No engine ever sees request text as it came: plain text is normalised (NFC,
 control characters removed) and markup (SSML, or Idlak's XML) is parsed here
 with an allowlist of elements and attributes into text runs and breaks. A
 worker gets segments (``{"text": ...}`` or ``{"break_ms": ...}``) and each
-engine renders only those (see ``idlakd.synth.engines``).
+engine renders only those (see ``idlakd.worker.engines``).
 """
 
 from __future__ import annotations

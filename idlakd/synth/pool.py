@@ -16,13 +16,13 @@ from typing import Any, Awaitable, Callable, Coroutine, Final, Iterable
 from idlakd.config import Config
 from idlakd.errors import ServiceUnavailable
 from idlakd.models import Voice
-from idlakd.synth.protocol import (AUDIO, END, ERROR, MAX_HEADER_BYTES, READY, START,
+from idlakd.worker.protocol import (AUDIO, END, ERROR, MAX_HEADER_BYTES, READY, START,
                                    SYNTHESIZE, ProtocolError, encode_frame, encode_segments,
                                    read_frame)
 from idlakd.synth.reaping import reap
 from idlakd.synth.document import Chunk
-from idlakd.synth.engines import command_program
-from idlakd.synth.worker import worker_argv
+from idlakd.worker.engines import command_program
+from idlakd.worker.main import worker_argv
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ MIN_STARTUP_TIMEOUT: Final = 30.0
 IDLE_STOP_GRACE: Final = 2.0
 BUSY_STOP_GRACE: Final = 0.2
 TERM_GRACE: Final = 0.5
-# The package's parent directory, so `python -m idlakd.synth.worker` works from a source tree.
+# The package's parent directory, so `python -m idlakd.worker` works from a source tree.
 _PACKAGE_PARENT: Final = str(Path(__file__).resolve().parents[2])
 
 # A chunk that killed or stalled a worker is refused for this long (bounded count).

@@ -11,7 +11,7 @@ from aiohttp import HttpVersion11, web
 
 from idlakd.config import Config
 from idlakd.errors import APIError, PayloadTooLarge, ServiceUnavailable, Unprocessable
-from idlakd.keys import disconnect_counted_key
+from idlakd.web.keys import disconnect_counted_key
 from idlakd.models import Voice
 from idlakd.synth import wav
 from idlakd.synth.cache import AudioCache, CacheEntryWriter, cache_key, close_file, read_block

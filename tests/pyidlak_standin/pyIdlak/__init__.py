@@ -53,7 +53,7 @@ GAP_SECONDS = 0.02
 
 def _protocol_fd() -> int | None:
     """Find the worker's private protocol fd (test hack; see module docstring)."""
-    for name in ("__main__", "idlakd.synth.worker"):
+    for name in ("__main__", "idlakd.worker.main"):
         module = sys.modules.get(name)
         fd = getattr(module, "protocol_fd", None)
         if isinstance(fd, int):

@@ -1,0 +1,1 @@
+"""HTTP handlers, one module per resource; the route table is idlakd.web.routes."""

@@ -1,0 +1,142 @@
+"""create_app: wiring of middlewares, routes and resources (opened in cleanup_ctx, in order)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from idlakd.web.admin import setup_admin
+from idlakd.web.auth import Passwords, auth_middleware, generate_password, load_or_create_secret
+from idlakd.config import Config
+from idlakd.web.connections import body_deadline_middleware
+from idlakd.errors import StoreError
+from idlakd.web.ops.health import setup_health
+from idlakd.web.http import error_middleware, on_response_prepare
+from idlakd.web.keys import (config_key, passwords_key, runtime_key, secret_key, store_key,
+                         synth_key, throttle_key)
+from idlakd.web.ops.metrics import metrics_middleware, setup_metrics
+from idlakd.web.routes import setup_routes
+from idlakd.web.runtime import Runtime
+from idlakd.store.sqlite import Store
+from idlakd.synth.service import SynthService
+from idlakd.accounts.throttle import LoginThrottle
+from idlakd.voices.definitions import load_voice_config
+
+log = logging.getLogger(__name__)
+
+FIRST_ADMIN_UID = "admin"
+VOICE_SYNC_SECONDS = 30
+
+
+async def ensure_first_admin(store: Store, passwords: Passwords) -> str | None:
+    """On an empty database create 'admin' with a random password; return it (else None)."""
+    if await store.count_users() > 0:
+        return None
+    password = generate_password()
+    if not await store.add_user(FIRST_ADMIN_UID, await passwords.hash(password), admin=True):
+        return None  # another process (the CLI) created it first
+    return password
+
+
+async def passwords_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The bcrypt threads live as long as the app (they start on the first hash)."""
+    yield
+    await app[passwords_key].close()
+
+
+async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the database and secret, create the first admin, load voiceconfig.json."""
+    config = app[config_key]
+    app[secret_key] = await asyncio.to_thread(load_or_create_secret, config.secret_file)
+    store = Store(config.database)
+    await store.open()
+    app[store_key] = store
+    try:
+        # Make the dummy hash now, so the first login of an unknown uid costs no more than later ones.
+        await app[passwords_key].check("", None)
+        password = await ensure_first_admin(store, app[passwords_key])
+        if password is not None:
+            # Printed once to the console, deliberately not through logging (never in a log file).
+            print(f"<User {FIRST_ADMIN_UID}:{password}:True>", flush=True)
+        if config.voice_config is not None:
+            voices = await asyncio.to_thread(load_voice_config, config.voice_config, config)
+            changed = await store.upsert_voices(voices)
+            log.info("Loaded %d voices from %s (%d new or changed)",
+                     len(voices), config.voice_config, changed)
+        else:
+            log.warning("No voiceconfig.json found; serving only voices already in the database")
+        yield
+    finally:
+        await store.close()
+
+
+async def retire_stale_pools(app: web.Application) -> None:
+    """Stop the workers of voices removed or changed in the database (e.g. by the CLI)."""
+    voices = await app[store_key].list_voices()
+    app[synth_key].sync_voices({v.id: v.version for v in voices})
+
+
+async def _retire_stale_pools_forever(app: web.Application) -> None:
+    """Every VOICE_SYNC_SECONDS; a changed voice is also noticed on its next request."""
+    while True:
+        await asyncio.sleep(VOICE_SYNC_SECONDS)
+        try:
+            await retire_stale_pools(app)
+        except (StoreError, sqlite3.Error) as exc:  # the database is busy: try next time
+            log.warning("Could not check voices for removed ones: %s", exc)
+
+
+async def synth_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Start the synthesis service after storage; stop every worker before storage closes."""
+    service = app[synth_key]
+    await service.start()
+    sync = asyncio.create_task(_retire_stale_pools_forever(app))
+    try:
+        yield
+    finally:
+        sync.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sync
+        await service.close()
+
+
+async def mark_stopping(app: web.Application) -> None:
+    """on_shutdown: new /speech requests get 503 while running streams finish."""
+    app[runtime_key].stopping = True
+
+
+def create_app(config: Config) -> web.Application:
+    """Build the application; no I/O happens until the app starts."""
+    if not config.authorization:
+        log.warning("AUTHORIZATION IS OFF: every route, admin routes included, is open to "
+                    "anyone who can reach %s:%d", config.host, config.port)
+    app = web.Application(
+        # metrics outermost, so it times and counts the final status error_middleware produced.
+        # body_deadline inside error_middleware: it answers its own 408, nothing logs a traceback.
+        middlewares=[metrics_middleware, error_middleware, body_deadline_middleware,
+                     auth_middleware],
+        client_max_size=config.max_body_bytes,
+    )
+    app[config_key] = config
+    app[runtime_key] = Runtime()
+    app[passwords_key] = Passwords(config.bcrypt_rounds, max_pending=config.login_max_pending)
+    app[throttle_key] = LoginThrottle(
+        config.login_max_failures, config.login_max_failures_per_address,
+        config.login_window_seconds,
+        max_attempts_per_address=config.login_max_attempts_per_address)
+    app[synth_key] = SynthService(config)
+    setup_metrics(app)
+    setup_health(app)
+    setup_routes(app)
+    setup_admin(app)
+    app.on_response_prepare.append(on_response_prepare)
+    app.on_shutdown.append(mark_stopping)
+    app.cleanup_ctx.append(passwords_ctx)
+    app.cleanup_ctx.append(storage_ctx)
+    app.cleanup_ctx.append(synth_ctx)
+    return app

@@ -1,0 +1,310 @@
+"""GET /openapi.json (every route, body and error of the contract) and GET /docs (its self-contained page)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+from typing import Any, Final
+
+from aiohttp import web
+
+from idlakd import __version__
+from idlakd.web.auth import (
+    ADMIN_REQUIRED,
+    EXPIRED_TOKEN,
+    INVALID_TOKEN,
+    LOGIN_INCORRECT,
+    MISSING_HEADER,
+    NO_SUCH_USER,
+)
+from idlakd.web.ops.docs_page import DOCS_HTML, DOCS_SCRIPT
+from idlakd.synth.transcode import CONTENT_TYPES, FORMATS
+from idlakd.web.validation import INVALID_JSON, MISSING, NOT_OBJECT, NOT_STRING
+
+JSON: Final = "application/json"
+
+
+def _error(description: str, *messages: str) -> dict[str, Any]:
+    """A response whose body is the one error shape, with the contract's messages as examples."""
+    content: dict[str, Any] = {"schema": {"$ref": "#/components/schemas/Error"}}
+    if messages:
+        content["examples"] = {f"e{i}": {"value": {"message": m}} for i, m in enumerate(messages)}
+    return {"description": description, "content": {JSON: content}}
+
+
+def _ok(description: str, schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
+    """A 200 JSON response with this schema (and an example body)."""
+    content: dict[str, Any] = {"schema": schema}
+    if example is not None:
+        content["example"] = example
+    return {"description": description, "content": {JSON: content}}
+
+
+def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    """A JSON request body."""
+    return {"required": required, "content": {JSON: {"schema": schema}}}
+
+
+def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    """An object schema."""
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+STR: Final = {"type": "string"}
+BOOL: Final = {"type": "boolean"}
+REF_VOICE: Final = {"$ref": "#/components/schemas/Voice"}
+REF_MESSAGE: Final = {"$ref": "#/components/schemas/Message"}
+
+BAD_JSON: Final = _error("Body is not JSON", INVALID_JSON)
+TOO_LARGE: Final = _error("Body larger than max_body_bytes")
+USER_401: Final = _error("No usable token", MISSING_HEADER, INVALID_TOKEN, EXPIRED_TOKEN, NO_SUCH_USER)
+ADMIN_401: Final = _error("No usable admin token", MISSING_HEADER, INVALID_TOKEN, EXPIRED_TOKEN,
+                          NO_SUCH_USER, ADMIN_REQUIRED)
+UID_PARAM: Final = {"name": "uid", "in": "path", "required": True, "schema": STR}
+NO_SUCH_USER_422: Final = _error("Unknown user", "User does not exist")
+ONLY_ADMIN: Final = "User is the only admin, there must be at least one admin in the system"
+SECURED: Final[list[dict[str, list[str]]]] = [{"bearer": []}]
+
+
+def _op(summary: str, responses: dict[str, Any], *, tag: str, security: bool = False,
+        body: dict[str, Any] | None = None, params: list[dict[str, Any]] | None = None,
+        description: str = "") -> dict[str, Any]:
+    """One operation; every operation can also answer 500 with the error shape."""
+    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": dict(responses)}
+    if description:
+        op["description"] = description
+    op["responses"].setdefault("500", _error("Unexpected failure (logged with the request id)"))
+    if security:
+        op["security"] = SECURED
+    else:
+        op["security"] = []
+    if body is not None:
+        op["requestBody"] = body
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _voice_filters() -> dict[str, Any]:
+    """The filter fields shared by GET and POST /voices."""
+    return {"language": STR, "accent": STR, "gender": {"type": "string", "enum": ["male", "female"]}}
+
+
+def build_spec() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the whole HTTP API (api-contract.md, plus operations routes)."""
+    voices_found = _ok("Matching voices", _obj({"voices": {"type": "array", "items": REF_VOICE}}, ["voices"]))
+    voices_responses = {
+        "200": voices_found,
+        "204": {"description": "No voice matches"},
+        "400": _error("accent without language",
+                      "For accent to be queried, language has to be provided as well."),
+        "422": _error("Bad filter", "gender: Not a valid choice. Valid choices: male|female"),
+    }
+    paths: dict[str, Any] = {
+        "/auth": {"post": _op(
+            "Log in: a JWT access token (HS256; sub, iat, nbf, exp, jti)", tag="auth",
+            body=_body(_obj({"uid": STR, "password": {"type": "string", "format": "password"}},
+                            ["uid", "password"])),
+            responses={
+                "200": _ok("Token", _obj({"access_token": STR}, ["access_token"])),
+                "400": BAD_JSON,
+                "401": _error("Wrong uid or password (same answer and timing)", LOGIN_INCORRECT),
+                "413": TOO_LARGE,
+                "422": _error("Missing or mistyped field", f"uid: {MISSING}", f"password: {MISSING}",
+                              f"uid: {NOT_STRING}", NOT_OBJECT),
+                "429": _error("Too many failed logins for this uid or address (see Retry-After)"),
+            })},
+        "/auth/expire": {"post": _op(
+            "Revoke the presented token until its own expiry (survives restarts)", tag="auth",
+            security=True, responses={
+                "200": _ok("Revoked", REF_MESSAGE, {"message": "The token has been manually expired."}),
+                "401": USER_401,
+            })},
+        "/auth/password": {"post": _op(
+            "Change one's own password", tag="auth", security=True,
+            body=_body(_obj({"old_password": STR, "new_password": STR},
+                            ["old_password", "new_password"])),
+            responses={
+                "200": _ok("Changed", REF_MESSAGE, {"message": "Password has been changed."}),
+                "400": BAD_JSON,
+                "401": USER_401,
+                "413": TOO_LARGE,
+                "422": _error("Missing field, short new password or wrong old password",
+                              f"old_password: {MISSING}", "old_password: Password is incorrect."),
+                "429": _error("Too many failed attempts"),
+            })},
+        "/users": {
+            "get": _op("List users", tag="users", security=True, responses={
+                "200": _ok("Users", _obj({"users": {"type": "array", "items": _obj(
+                    {"id": STR, "admin": BOOL}, ["id", "admin"])}}, ["users"])),
+                "401": ADMIN_401,
+            }),
+            "post": _op(
+                "Create a user; its generated password is shown only here", tag="users",
+                security=True, body=_body(_obj({"uid": STR, "admin": BOOL}), required=False),
+                responses={
+                    "200": _ok("Created", _obj({"uid": STR, "password": STR, "admin": BOOL},
+                                               ["uid", "password", "admin"])),
+                    "400": BAD_JSON,
+                    "401": ADMIN_401,
+                    "413": TOO_LARGE,
+                    "422": _error("Bad field or taken uid", "User id already exists",
+                                  "admin: Not a valid boolean."),
+                }),
+        },
+        "/users/{uid}/password": {"post": _op(
+            "Reset a user's password to a new generated one", tag="users", security=True,
+            params=[UID_PARAM], responses={
+                "200": _ok("New password", _obj({"password": STR}, ["password"])),
+                "401": ADMIN_401,
+                "422": NO_SUCH_USER_422,
+            })},
+        "/users/{uid}": {"delete": _op(
+            "Delete a user (never the last admin)", tag="users", security=True,
+            params=[UID_PARAM], responses={
+                "200": _ok("Deleted", REF_MESSAGE, {"message": "User 'alice' has been deleted"}),
+                "401": ADMIN_401,
+                "422": _error("Unknown user or the last admin", "User does not exist", ONLY_ADMIN),
+            })},
+        "/users/{uid}/admin": {"post": _op(
+            "Toggle a user's admin flag (never the last admin)", tag="users", security=True,
+            params=[UID_PARAM], responses={
+                "200": _ok("New flag", _obj({"uid": STR, "admin": BOOL}, ["uid", "admin"])),
+                "401": ADMIN_401,
+                "422": _error("Unknown user or the last admin", "User does not exist", ONLY_ADMIN),
+            })},
+        "/languages": {"get": _op("Languages of all voices, sorted", tag="voices", responses={
+            "200": _ok("Languages", _obj({"languages": {"type": "array", "items": STR}}, ["languages"])),
+            "204": {"description": "No voices"},
+        })},
+        "/languages/{iso}/accents": {"get": _op(
+            "Accents of one language", tag="voices",
+            params=[{"name": "iso", "in": "path", "required": True, "schema": STR}],
+            responses={
+                "200": _ok("Accents", _obj({"language": STR, "accents": {"type": "array", "items": STR}},
+                                           ["language", "accents"])),
+                "404": _error("No voice in that language", "Language could not be found"),
+            })},
+        "/voices": {
+            "get": _op("Voices matching the query parameters", tag="voices", params=[
+                {"name": name, "in": "query", "required": False, "schema": schema}
+                for name, schema in _voice_filters().items()], responses=voices_responses),
+            "post": _op("Voices matching an optional JSON body of filters", tag="voices",
+                        body=_body(_obj(_voice_filters()), required=False),
+                        responses={**voices_responses, "400": _error(
+                            "Bad JSON, or accent without language", INVALID_JSON,
+                            "For accent to be queried, language has to be provided as well."),
+                            "413": TOO_LARGE}),
+        },
+        "/voices/{voice_id}": {"get": _op(
+            "One voice", tag="voices",
+            params=[{"name": "voice_id", "in": "path", "required": True, "schema": STR}],
+            responses={"200": _ok("The voice", REF_VOICE),
+                       "404": _error("Unknown voice", "Voice could not be found")})},
+        "/speech": {"post": _op(
+            "Synthesise text; the audio is streamed (chunked) as it is made", tag="speech",
+            security=True,
+            description=("A streamed WAV uses the streaming header convention (RIFF and data sizes "
+                         "0xFFFFFFFF). If synthesis fails after the status line, the connection is "
+                         "aborted (an incomplete chunked body). \"stream\": false returns a complete "
+                         "file with exact sizes and Content-Length."),
+            body=_body(_obj({"voice_id": STR, "text": STR,
+                             "audio_format": {"type": "string", "enum": list(FORMATS), "default": "wav"},
+                             "stream": {"type": "boolean", "default": True}},
+                            ["voice_id", "text"])),
+            responses={
+                "200": {"description": "Audio", "content": {
+                    CONTENT_TYPES[fmt]: {"schema": {"type": "string", "format": "binary"}}
+                    for fmt in FORMATS}},
+                "400": _error("Bad JSON or unknown voice", INVALID_JSON, "Voice could not be found"),
+                "401": USER_401,
+                "413": _error("Body or text over the configured limit"),
+                "422": _error("Bad field or blank text", f"voice_id: {MISSING} Provide a voice id",
+                              f"text: {MISSING}",
+                              f"audio_format: Not a valid choice. Valid choices: {'|'.join(FORMATS)}"),
+                "503": _error("Queue full or shutting down (see Retry-After)",
+                              "Server is busy, try again later",
+                              "Server is shutting down, try again later"),
+            })},
+        "/healthz": {"get": _op("Liveness: the process answers", tag="operations", responses={
+            "200": _ok("Alive", _obj({"status": STR, "version": STR, "uptime_seconds": {"type": "number"}})),
+        })},
+        "/readyz": {"get": _op(
+            "Readiness: database reachable, voices loaded, synthesis can start", tag="operations",
+            responses={
+                "200": _ok("Ready", _obj({"status": STR, "database": STR, "voices": {"type": "integer"},
+                                          "synthesis": STR})),
+                "503": _error("Not ready (the message lists why)", "Not ready: no voices loaded"),
+            })},
+        "/metrics": {"get": _op(
+            "Prometheus metrics (loopback only when metrics_local_only)", tag="operations",
+            responses={
+                "200": {"description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": STR}}},
+                "403": _error("Not a local client", "Metrics are served to local addresses only"),
+            })},
+        "/openapi.json": {"get": _op("This document", tag="operations", responses={
+            "200": _ok("OpenAPI 3.1", {"type": "object"})})},
+        "/docs": {"get": _op("This document, rendered (nothing loaded from elsewhere)",
+                             tag="operations", responses={
+                                 "200": {"description": "HTML page",
+                                         "content": {"text/html": {"schema": STR}}}})},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "idlakd",
+            "version": __version__,
+            "description": ("Speech synthesis server for Idlak (eSpeak NG built in). Every error body "
+                            "is {\"message\": ...}; every response carries X-Request-Id; every 401 "
+                            "carries WWW-Authenticate: Bearer. Unknown routes answer 404 and wrong "
+                            "methods 405, both with the error shape."),
+        },
+        "tags": [{"name": n} for n in ("auth", "users", "voices", "speech", "operations")],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                "description": "Authorization: Bearer <token> (a bare <token> is accepted too)"}},
+            "schemas": {
+                "Error": _obj({"message": STR, "code": STR}, ["message"]),
+                "Message": _obj({"message": STR}, ["message"]),
+                "Voice": _obj({"voice_id": STR, "id": STR, "name": STR, "language": STR,
+                               "accent": STR, "gender": {"type": "string", "enum": ["male", "female"]},
+                               "sample_rate": {"type": ["integer", "null"]}, "engine": STR},
+                              ["voice_id", "id", "name", "language", "accent", "gender"]),
+            },
+        },
+    }
+
+
+SPEC: Final = build_spec()
+SPEC_BYTES: Final = json.dumps(SPEC, separators=(",", ":")).encode()
+# The page runs one inline script; the policy allows exactly that script and same-origin fetches.
+DOCS_CSP: Final = (
+    "default-src 'none'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "script-src 'sha256-" + base64.b64encode(hashlib.sha256(DOCS_SCRIPT.encode()).digest()).decode()
+    + "'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+def spec() -> dict[str, Any]:
+    """A copy of the document (callers may change it)."""
+    return copy.deepcopy(SPEC)
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """GET /openapi.json."""
+    return web.Response(body=SPEC_BYTES, content_type=JSON)
+
+
+async def docs_page(request: web.Request) -> web.Response:
+    """GET /docs: a page that renders /openapi.json with its own inline script."""
+    return web.Response(text=DOCS_HTML, content_type="text/html",
+                        headers={"Content-Security-Policy": DOCS_CSP,
+                                 "X-Content-Type-Options": "nosniff",
+                                 "Referrer-Policy": "no-referrer"})

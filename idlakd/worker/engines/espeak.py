@@ -1,0 +1,269 @@
+"""eSpeak NG through ctypes, using the library and data shipped by the espeakng-loader wheel.
+
+Options: ``voice`` (an eSpeak voice file name such as ``en-US`` or a language
+code such as ``en-gb``, default ``en``), ``variant`` (``f3``, ``m1``, ...),
+``rate`` (words per minute, 80-450), ``pitch`` (0-100).
+
+The library runs in synchronous mode: ``espeak_Synth`` returns only when the
+text is done, calling our callback with each buffer on the way. It runs on a
+helper thread that hands buffers to the generator through a queue, so a long
+text streams out buffer by buffer instead of all at the end.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+import queue
+import sys
+import threading
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Iterator, Mapping
+
+from idlakd.worker.engines import Engine, EngineError
+
+logger = logging.getLogger(__name__)
+
+# Values from speak_lib.h (eSpeak NG API revision 12).
+AUDIO_OUTPUT_SYNCHRONOUS: Final = 2
+INITIALIZE_DONT_EXIT: Final = 0x8000
+POS_CHARACTER: Final = 1
+CHARS_UTF8: Final = 1
+ENDPAUSE: Final = 0x1000
+PARAM_RATE: Final = 1
+PARAM_VOLUME: Final = 2
+PARAM_PITCH: Final = 3
+PARAM_RANGE: Final = 4
+PARAM_WORDGAP: Final = 7
+# eSpeak's own defaults for what a voice file does not set.
+DEFAULT_RATE: Final = 175
+DEFAULT_VOLUME: Final = 100
+DEFAULT_PITCH: Final = 50
+DEFAULT_RANGE: Final = 50
+EE_OK: Final = 0
+# Milliseconds of sound per callback buffer, and so per audio frame a worker
+# sends: small enough to stream promptly (eSpeak makes 500 ms of sound in about
+# 1 ms), large enough that the per-frame cost in the worker, the daemon and the
+# client stays small (200 ms meant ~18 frames per sentence; 500 ms, ~8).
+BUFFER_MS: Final = 500
+DEFAULT_VOICE: Final = "en"
+
+_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)
+
+
+def _loader() -> Any:
+    """The espeakng_loader module, imported on first use (the wheel ships no type hints)."""
+    import espeakng_loader  # type: ignore[import-untyped]
+    return espeakng_loader
+
+
+def library_path() -> str:
+    """Path of the libespeak-ng shared library from the espeakng-loader wheel."""
+    return str(_loader().get_library_path())
+
+
+def data_path() -> str:
+    """Path of the espeak-ng-data directory from the espeakng-loader wheel."""
+    return str(_loader().get_data_path())
+
+
+@dataclass(frozen=True)
+class VoiceIndex:
+    """What the espeak-ng-data directory offers, read from its files without loading eSpeak."""
+
+    by_name: dict[str, str]  # lower-cased file name or "name" line -> identifier (e.g. "gmw/en-US")
+    by_language: dict[str, tuple[int, str]]  # language code -> (priority, identifier), best kept
+    variants: frozenset[str]  # lower-cased variant file names (voices/!v)
+
+
+@functools.lru_cache(maxsize=4)
+def voice_index(data_dir: str) -> VoiceIndex:
+    """Index the voice files under data_dir/lang and the variants under data_dir/voices/!v."""
+    by_name: dict[str, str] = {}
+    by_language: dict[str, tuple[int, str]] = {}
+    lang_dir = Path(data_dir, "lang")
+    for path in sorted(lang_dir.rglob("*")):
+        if not path.is_file():
+            continue
+        identifier = path.relative_to(lang_dir).as_posix()
+        by_name.setdefault(path.name.lower(), identifier)
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            words = line.split()
+            if len(words) >= 2 and words[0] == "name":
+                by_name.setdefault(" ".join(words[1:]).lower(), identifier)
+            elif len(words) >= 2 and words[0] == "language":
+                # eSpeak's default priority is 5; a lower number is a better match.
+                priority = int(words[2]) if len(words) > 2 and words[2].isdigit() else 5
+                code = words[1].lower()
+                if code not in by_language or priority < by_language[code][0]:
+                    by_language[code] = (priority, identifier)
+    variant_dir = Path(data_dir, "voices", "!v")
+    variants = frozenset(p.name.lower() for p in variant_dir.iterdir()) if variant_dir.is_dir() else frozenset()
+    return VoiceIndex(by_name, by_language, variants)
+
+
+def resolve_voice(name: str, data_dir: str) -> str | None:
+    """The voice file identifier for a voice name or language code, or None if eSpeak has none."""
+    index = voice_index(data_dir)
+    key = name.strip().lower()
+    if key in index.by_name:
+        return index.by_name[key]
+    if key in index.by_language:
+        return index.by_language[key][1]
+    return None
+
+
+def missing_reason(options: Mapping[str, Any]) -> str | None:
+    """Why an espeak voice with these options cannot work here (None: it can)."""
+    try:
+        data_dir = data_path()
+        lib = library_path()
+    except (ImportError, RuntimeError) as exc:
+        return f"eSpeak NG is not available (espeakng-loader: {exc})"
+    if not os.path.isfile(lib):
+        return f"eSpeak NG library {lib} is missing"
+    voice = options.get("voice", DEFAULT_VOICE)
+    if not isinstance(voice, str) or resolve_voice(voice, data_dir) is None:
+        return f"eSpeak NG has no voice {voice!r}"
+    variant = options.get("variant")
+    if variant is not None and (not isinstance(variant, str)
+                                or variant.lower() not in voice_index(data_dir).variants):
+        return f"eSpeak NG has no variant {variant!r}"
+    for key, low, high in (("rate", 80, 450), ("pitch", 0, 100)):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or not low <= value <= high):
+            return f"option {key!r} must be a whole number from {low} to {high}"
+    return None
+
+
+class _Request:
+    """State shared between one synthesize() generator and the callback on the synth thread."""
+
+    def __init__(self) -> None:
+        self.chunks: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
+        self.abort = False
+
+
+class EspeakEngine(Engine):
+    """eSpeak NG in synchronous mode; one instance per worker process (the library is global)."""
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        reason = missing_reason(options)
+        if reason is not None:
+            raise EngineError(reason)
+        data_dir = data_path()
+        self._lib = ctypes.CDLL(library_path())
+        lib = self._lib
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_Initialize.restype = ctypes.c_int
+        lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
+        lib.espeak_SetSynthCallback.restype = None
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetVoiceByName.restype = ctypes.c_int
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_SetParameter.restype = ctypes.c_int
+        lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+                                     ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        lib.espeak_Synth.restype = ctypes.c_int
+        lib.espeak_Terminate.argtypes = []
+        lib.espeak_Terminate.restype = ctypes.c_int
+
+        # DONT_EXIT: a missing data directory must be an error we report, not exit().
+        rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, BUFFER_MS, data_dir.encode(),
+                                     INITIALIZE_DONT_EXIT)
+        if rate <= 0:
+            raise EngineError(f"espeak_Initialize failed ({rate}) with data {data_dir}")
+        self.sample_rate = rate
+        self._current: _Request | None = None
+        # ctypes callbacks must stay referenced for as long as C may call them.
+        self._callback = _SYNTH_CALLBACK(self._on_synth)
+        lib.espeak_SetSynthCallback(self._callback)
+
+        voice = str(options.get("voice", DEFAULT_VOICE))
+        identifier = resolve_voice(voice, data_dir)
+        assert identifier is not None  # checked by missing_reason above
+        self._spec = identifier + (f"+{options['variant']}" if options.get("variant") else "")
+        self._parameters = (
+            (PARAM_RATE, int(options.get("rate", DEFAULT_RATE))),
+            (PARAM_VOLUME, DEFAULT_VOLUME),
+            (PARAM_PITCH, int(options.get("pitch", DEFAULT_PITCH))),
+            (PARAM_RANGE, DEFAULT_RANGE),
+            (PARAM_WORDGAP, 0),
+        )
+        self._lock = threading.Lock()
+        self.reset()
+        logger.info("eSpeak NG voice %s loaded at %d Hz", self._spec, rate)
+
+    def reset(self) -> None:
+        """Select the voice again and set every parameter a text could have changed."""
+        status = self._lib.espeak_SetVoiceByName(self._spec.encode())
+        if status != EE_OK:
+            raise EngineError(f"espeak_SetVoiceByName({self._spec!r}) failed ({status})")
+        for param, value in self._parameters:
+            status = self._lib.espeak_SetParameter(param, value, 0)
+            if status != EE_OK:
+                raise EngineError(f"espeak_SetParameter({param}, {value}) failed ({status})")
+
+    def _on_synth(self, wav: int | None, numsamples: int, events: int | None) -> int:
+        """Callback from eSpeak (on the synth thread): queue the buffer; 1 asks eSpeak to stop."""
+        request = self._current
+        if request is None:
+            return 1
+        if wav and numsamples > 0:
+            data = ctypes.string_at(wav, numsamples * 2)
+            if sys.byteorder == "big":
+                samples = array("h", data)
+                samples.byteswap()
+                data = samples.tobytes()
+            request.chunks.put(data)
+        return 1 if request.abort else 0
+
+    def _run(self, request: _Request, text: bytes, flags: int) -> None:
+        """Synth thread: run espeak_Synth to completion, then signal the end (or the failure)."""
+        try:
+            buffer = ctypes.create_string_buffer(text)  # NUL-terminated copy
+            status = self._lib.espeak_Synth(buffer, len(text) + 1, 0, POS_CHARACTER, 0, flags,
+                                            None, None)
+            if status != EE_OK and not request.abort:
+                request.chunks.put(EngineError(f"espeak_Synth failed ({status})"))
+        finally:
+            request.chunks.put(None)
+
+    def synthesize(self, text: str) -> Iterator[bytes]:
+        """Yield PCM per eSpeak buffer while the synth thread runs."""
+        # ENDPAUSE: consecutive chunks of one text need the sentence pause between them.
+        # Never the SSML flag: the text is words only, and eSpeak's own markup
+        # reader has memory-safety bugs (<audio src>, long xml:base).
+        flags = CHARS_UTF8 | ENDPAUSE
+        with self._lock:
+            request = _Request()
+            self._current = request
+            thread = threading.Thread(target=self._run, name="espeak-synth", daemon=True,
+                                      args=(request, text.encode("utf-8"), flags))
+            thread.start()
+            try:
+                while True:
+                    item = request.chunks.get()
+                    if item is None:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                # If the consumer stopped early, the callback tells eSpeak to abort.
+                request.abort = True
+                thread.join()
+                self._current = None
+
+    def close(self) -> None:
+        """Shut eSpeak down."""
+        self._lib.espeak_Terminate()
