@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from idlakd.worker.engines import load_engine  # noqa: E402
-from idlakd.synth.text import split_text  # noqa: E402
+from idlakd.synth.document import parse  # noqa: E402
 
 VOICE_ID = "alba"
 VOICE_OPTIONS = {"voice": "en-gb", "variant": "f3"}  # alba in voiceconfig.json
@@ -161,7 +161,7 @@ async def speak(session: aiohttp.ClientSession, base: str, text: str,
 async def latency(base: str, voice_id: str, rate: int, text: str, repeat: int,
                   synthesize: Callable[[str], bytes]) -> dict[str, float]:
     """Medians of TTFB and total through the server, and of the engine run directly, interleaved."""
-    chunks = [c.text for c in split_text(text)]
+    chunks = [c.text for c in parse(text).chunks]
     ttfbs: list[float] = []
     totals: list[float] = []
     directs: list[float] = []
@@ -262,7 +262,7 @@ async def main() -> None:
                     "the same engine in the bench process, sentence by sentence, interleaved:")
                 for voice_id, (engine, rate, voice_label) in engines.items():
                     def synthesize(text: str, engine: Any = engine) -> bytes:
-                        return b"".join(engine.synthesize(text, False))
+                        return b"".join(engine.synthesize(text))
 
                     synthesize("Warm up.")
                     say(f"  {voice_label}:")

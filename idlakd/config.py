@@ -55,9 +55,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("max_break_share", "float", "0.5",
             "Most share (0-1) of a request's estimated audio that markup breaks may take; "
             "a single break is at most 10 s whatever this says."),
-    Setting("spool_bytes", "int", "8388608",
+    Setting("spool_bytes", "int", "1048576",
             "stream:false answers are held in memory up to this many bytes, then spooled "
-            "to a temporary file."),
+            "to a temporary file in state_dir (at most max_concurrent_syntheses + max_queue "
+            "answers are open at once, so this bounds their memory)."),
     Setting("worker_memory_mb", "int", "1024",
             "Address-space limit of each synthesis worker process in MiB (RLIMIT_AS); 0: none."),
     Setting("header_timeout_seconds", "float", "10",
@@ -80,7 +81,9 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("login_window_seconds", "int", "300", "Window over which failed logins are counted."),
     Setting("workers_per_voice", "int", "2", "Most synthesis worker processes per voice."),
     Setting("max_concurrent_syntheses", "int", "4", "Most chunks synthesised at once, over all voices."),
-    Setting("max_queue", "int", "64", "Most requests waiting for synthesis before 503."),
+    Setting("max_queue", "int", "64",
+            "Most requests waiting for synthesis before 503; at most max_concurrent_syntheses "
+            "+ max_queue speech streams are open at once."),
     Setting("worker_idle_seconds", "int", "600", "An idle worker is stopped after this many seconds."),
     Setting("synthesis_timeout_seconds", "float", "60",
             "A worker silent this long on one chunk is killed and the request fails."),

@@ -1,91 +1,76 @@
-"""The one error hierarchy: each class carries its HTTP status; the middleware renders it."""
+"""The domain errors: what went wrong, in words a caller may see; no HTTP status here.
+
+Each front door renders them its own way: `idlakd.web.errors` maps every class to a status
+in one table; the CLI prints the message.
+"""
 
 from __future__ import annotations
 
-from typing import Mapping
 
+class IdlakdError(Exception):
+    """A failure explained to the caller: a message safe to show, and when to retry if that helps."""
 
-class APIError(Exception):
-    """An error answered to the client as {"message": ...} with `status`."""
-
-    status = 500
-
-    def __init__(self, message: str, headers: Mapping[str, str] | None = None,
+    def __init__(self, message: str, retry_after: int | None = None,
                  code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.headers = dict(headers or {})
+        self.retry_after = None if retry_after is None else max(1, retry_after)
         self.code = code
 
 
-class BadRequest(APIError):
-    """400: the request cannot be served as asked (e.g. unknown voice for /speech)."""
-
-    status = 400
+class MalformedRequest(IdlakdError):
+    """The request cannot be served as asked (unreadable body, unknown voice for speech)."""
 
 
-class Unauthorized(APIError):
-    """401: no usable credentials; always carries WWW-Authenticate: Bearer."""
-
-    status = 401
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+class InvalidRequest(IdlakdError):
+    """A field is missing or wrong, or the request breaks a rule (user exists, last admin...)."""
 
 
-class Forbidden(APIError):
-    """403: authenticated or not, this request may not do this (CSRF, non-local /metrics)."""
-
-    status = 403
+class NotAuthenticated(IdlakdError):
+    """No usable credentials (missing, invalid, expired or revoked token; wrong password)."""
 
 
-class NotFound(APIError):
-    """404: the thing asked for does not exist."""
-
-    status = 404
+class NotPermitted(IdlakdError):
+    """Authenticated or not, the caller may not do this (CSRF, non-local /metrics)."""
 
 
-class PayloadTooLarge(APIError):
-    """413: body or text over the configured limit."""
-
-    status = 413
+class NotFound(IdlakdError):
+    """The thing asked for does not exist."""
 
 
-class Unprocessable(APIError):
-    """422: validation failed, or the request breaks a rule (user exists, last admin...)."""
-
-    status = 422
+class TooLarge(IdlakdError):
+    """A body, a text or the audio it would make is over its configured limit."""
 
 
-class TooManyRequests(APIError):
-    """429: throttled; carries Retry-After."""
+class RateLimited(IdlakdError):
+    """Too many attempts or too much use: retry after retry_after seconds."""
 
-    status = 429
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
+    def __init__(self, message: str, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, retry_after, code)
 
 
-class ServiceUnavailable(APIError):
-    """503: busy or stopping; carries Retry-After."""
-
-    status = 503
+class Busy(IdlakdError):
+    """The server is busy or stopping: retry after retry_after seconds."""
 
     def __init__(self, message: str = "Server is busy, try again later",
-                 retry_after: int = 1) -> None:
-        super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
+                 retry_after: int = 1, code: str | None = None) -> None:
+        super().__init__(message, retry_after, code)
+
+
+class Failed(IdlakdError):
+    """The server could not do its part (synthesis failed); the message says what, not why."""
 
 
 class StoreError(Exception):
     """The database could not do what was asked (locked too long, corrupt ...)."""
 
 
-class DatabaseBusy(StoreError, ServiceUnavailable):
-    """Another writer (the CLI) held the database past busy_timeout: 503 to clients, an error to the CLI."""
+class DatabaseBusy(StoreError, Busy):
+    """Another writer (the CLI) held the database past busy_timeout: busy for callers, an error to the CLI."""
 
 
-class DatabaseUnwritable(StoreError, ServiceUnavailable):
-    """The database takes no writes (read-only file or filesystem, disk full, I/O error): 503."""
+class DatabaseUnwritable(StoreError, Busy):
+    """The database takes no writes (read-only file or filesystem, disk full, I/O error)."""
 
     def __init__(self, message: str = "The database cannot be written right now, try again later",
                  retry_after: int = 10) -> None:

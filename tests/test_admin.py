@@ -11,42 +11,14 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from idlakd.web.admin.session import LOGIN_COOKIE, SESSION_COOKIE, issue_session
-from idlakd.web.api.users import ONLY_ADMIN
-from idlakd.web.auth import ADMIN_REQUIRED, LOGIN_INCORRECT
+from idlakd.web.admin.session import LOGIN_COOKIE, SESSION_COOKIE
+from idlakd.web.admin.signing import issue_session
+from idlakd.accounts.users import ONLY_ADMIN
+from idlakd.accounts.logins import LOGIN_INCORRECT
+from idlakd.accounts.tokens import ADMIN_REQUIRED
 from idlakd.web.keys import passwords_key, secret_key, store_key, synth_key
-from tests.conftest import assert_error, bearer, login, make_config
-
-CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def csrf_of(page: str) -> str:
-    """The CSRF token of the first form of a page."""
-    match = CSRF_RE.search(page)
-    assert match, "no CSRF token in the page"
-    return html.unescape(match.group(1))
-
-
-def secret_of(page: str) -> str:
-    """The one-time password shown on a page."""
-    match = re.search(r'class="secret-value" type="text" readonly value="([^"]+)"', page)
-    assert match, "no one-time password in the page"
-    return html.unescape(match.group(1))
-
-
-async def sign_in(client: TestClient[Any, Any], uid: str, password: str) -> ClientResponse:
-    """Fetch the sign-in form, then post it (without following the redirect)."""
-    page = await (await client.get("/admin/login")).text()
-    return await client.post("/admin/login", allow_redirects=False, data={
-        "csrf_token": csrf_of(page), "uid": uid, "password": password})
-
-
-async def admin_client(client: TestClient[Any, Any], password: str) -> str:
-    """Sign the client in as the first admin; return a page's CSRF token."""
-    resp = await sign_in(client, "admin", password)
-    assert resp.status == 303 and resp.headers["Location"] == "/admin"
-    return csrf_of(await (await client.get("/admin/users")).text())
-
+from tests.helpers.app import assert_error, bearer, login, make_config
+from tests.helpers.admin import csrf_of, secret_of, sign_in, admin_client
 
 async def test_sign_in_sets_a_strict_cookie(client: TestClient[Any, Any],
                                             admin_password: str) -> None:
@@ -296,32 +268,17 @@ async def test_voices_add_and_remove(client: TestClient[Any, Any], admin_passwor
     assert resp.status == 404 and "Voice could not be found" in await resp.text()
 
 
-async def test_status_renders_whatever_stats_says(client: TestClient[Any, Any],
-                                                  admin_password: str,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_status_shows_the_synthesizers_figures(client: TestClient[Any, Any],
+                                                     admin_password: str, user_token: str) -> None:
     await admin_client(client, admin_password)
-    service = client.app[synth_key]
-    shapes: list[Any] = [
-        {"requests": 3, "errors": 1, "queue_length": 0, "ratio": 0.12345,
-         "voices": {"alba": {"busy": 1, "idle": 2}, "<b>": {"idle": 0, "dead": True}},
-         "limits": {"max_queue": 64}, "recent": [1, 2]},
-        {}, None, "odd", 42,
-    ]
-    for shape in shapes:
-        monkeypatch.setattr(service, "stats", lambda shape=shape: shape, raising=False)
-        resp = await client.get("/admin")
-        page = await resp.text()
-        assert resp.status == 200 and "Uptime" in page
-    monkeypatch.setattr(service, "stats", lambda: shapes[0], raising=False)
+    resp = await client.post("/speech", headers=bearer(user_token),
+                             json={"voice_id": "alba", "text": "Hello there."})
+    assert resp.status == 200 and len(await resp.read()) > 1000
     page = await (await client.get("/admin")).text()
-    assert "Queue length" in page and "0.123" in page and "&lt;b&gt;" in page
-    assert "<th scope=\"col\">Busy</th>" in page
-
-    async def async_stats() -> dict[str, int]:
-        return {"requests": 7}
-
-    monkeypatch.setattr(service, "stats", async_stats, raising=False)
-    assert "Requests" in await (await client.get("/admin")).text()
+    stats = client.app[synth_key].stats()
+    assert "<dt>Requests</dt><dd>1</dd>" in page and "Max streams" in page
+    assert '<th scope="col">Busy</th>' in page and ">alba<" in page
+    assert f"<dd>{stats.syntheses}</dd>" in page
 
 
 async def test_admin_speech_needs_session_and_csrf(client: TestClient[Any, Any],
@@ -377,7 +334,7 @@ async def test_errors_are_pages_not_json(client: TestClient[Any, Any],
 
 
 def test_templates_dir_holds_every_template() -> None:
-    from idlakd.web.admin.views import templates_dir
+    from idlakd.web.admin.pages import templates_dir
 
     names = {p.name for p in templates_dir().iterdir()}
     assert {"base.html", "login.html", "admin.css", "admin.js", "__init__.py"} <= names
@@ -391,7 +348,7 @@ async def test_handler_crash_is_a_page_without_traceback(
     def boom() -> None:
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(client.app[synth_key], "stats", boom, raising=False)
+    monkeypatch.setattr(client.app[synth_key], "stats", boom)
     resp = await client.get("/admin")
     page = await resp.text()
     assert resp.status == 500 and "internal error" in page

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import aiohttp
 import pytest
 
-from idlakd.web.api.users import ONLY_ADMIN
+from idlakd.accounts.users import ONLY_ADMIN
 
 pytestmark = pytest.mark.browser
 

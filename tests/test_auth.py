@@ -11,9 +11,9 @@ from typing import Any
 import jwt
 from aiohttp.test_utils import TestClient
 
-from idlakd.web.auth import issue_token
+from idlakd.accounts.tokens import issue_token
 from idlakd.config import Config
-from tests.conftest import assert_error, bearer, login, make_config
+from tests.helpers.app import assert_error, bearer, login, make_config
 
 
 def _b64(data: dict[str, Any]) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
+
+import pytest
 
 from idlakd.synth.cache import AudioCache, cache_key, close_file, read_block
 
@@ -24,7 +27,7 @@ async def read_all(cache: AudioCache, key: str) -> bytes | None:
 
 async def store(cache: AudioCache, key: str, data: bytes) -> bool:
     """Write one entry the way the service does."""
-    writer = await cache.begin(key)
+    writer = await cache.begin(key, cache.reserve(key))
     assert writer is not None
     await writer.write(data)
     return await writer.commit()
@@ -43,7 +46,7 @@ async def test_disabled_cache_does_nothing(tmp_path: Path) -> None:
     cache = AudioCache(tmp_path / "cache", 0)
     await cache.open()
     assert not cache.enabled
-    assert await cache.begin("k") is None
+    assert await cache.begin("k", cache.reserve("k")) is None
     assert await cache.lookup("k") is None
     assert not (tmp_path / "cache").exists()
 
@@ -52,7 +55,7 @@ async def test_partial_entry_is_never_visible(tmp_path: Path) -> None:
     """Until commit the entry is a hidden temp file; abort removes it; a crash leftover is cleaned."""
     cache = AudioCache(tmp_path / "cache", 10_000)
     await cache.open()
-    writer = await cache.begin("a.wav")
+    writer = await cache.begin("a.wav", cache.reserve("a.wav"))
     assert writer is not None
     await writer.write(b"x" * 100)
     assert await cache.lookup("a.wav") is None
@@ -60,7 +63,7 @@ async def test_partial_entry_is_never_visible(tmp_path: Path) -> None:
     await writer.abort()
     assert os.listdir(tmp_path / "cache") == []
     # A writer left behind by a killed daemon: its temp file goes at the next start.
-    leftover = await cache.begin("b.wav")
+    leftover = await cache.begin("b.wav", cache.reserve("b.wav"))
     assert leftover is not None
     await leftover.write(b"y" * 10)
     restarted = AudioCache(tmp_path / "cache", 10_000)
@@ -73,7 +76,7 @@ async def test_commit_then_hit_with_header_patch(tmp_path: Path) -> None:
     """A committed entry is served whole; write_at patches the start (WAV header)."""
     cache = AudioCache(tmp_path / "cache", 10_000)
     await cache.open()
-    writer = await cache.begin("a.wav")
+    writer = await cache.begin("a.wav", cache.reserve("a.wav"))
     assert writer is not None
     await writer.write(b"HDR0" + b"pcm")
     await writer.write_at(0, b"HDR1")
@@ -118,3 +121,24 @@ async def test_index_survives_restart_and_shrinks_to_new_bound(tmp_path: Path) -
     await smaller.open()
     assert sorted(os.listdir(tmp_path / "cache")) == ["mid", "new"]
     assert await read_all(smaller, "new") == b"x" * 100
+
+
+async def test_a_cancelled_commit_still_indexes_its_file(tmp_path: Path) -> None:
+    """Once the rename has begun the entry lands in the index, whatever happens to the caller."""
+    cache = AudioCache(tmp_path / "cache", 1_000_000)
+    await cache.open()
+    flight = cache.reserve("a.wav")
+    assert cache.in_flight("a.wav") is flight
+    writer = await cache.begin("a.wav", flight)
+    assert writer is not None
+    await writer.write(b"x" * 1000)
+    commit = asyncio.create_task(writer.commit())
+    await asyncio.sleep(0)  # the commit's thread is under way
+    commit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await commit
+    await asyncio.wait_for(flight.wait(), 5)  # twins waiting for it are told
+    assert cache.in_flight("a.wav") is None
+    assert len(cache) == 1 and cache.total_bytes == 1000
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["a.wav"]
+

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import REPO, assert_error, bearer, login, make_config
+from tests.helpers.app import REPO, assert_error, bearer, login, make_config
 
 
 def idlakd(state: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

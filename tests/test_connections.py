@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from daemon_helpers import Daemon, start_daemon, wait_listening
+from tests.helpers.daemon import Daemon, start_daemon, wait_listening
 from idlakd.web.connections import ACCEPT_ERROR_MESSAGE, AcceptErrorLog
 from idlakd.web.ops.metrics import Metrics
 
@@ -271,7 +271,7 @@ async def test_descriptor_exhaustion_is_logged_once_and_recovers(tmp_path: Path)
 async def test_accept_errors_are_reported_once_a_window(caplog: pytest.LogCaptureFixture) -> None:
     """Through the loop's real exception handler: one line, then one count a window."""
     loop = asyncio.get_running_loop()
-    metrics = Metrics(web.Application())
+    metrics = Metrics()
     errors = AcceptErrorLog(metrics, interval=0.2)
     errors.install(loop)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Generator, cast
 
 import pytest
-from synth_helpers import REPO, STANDIN_ROOT, make_standin_voice, wav_command_argv, worker_env
+from tests.helpers.synth import REPO, STANDIN_ROOT, make_standin_voice, wav_command_argv, worker_env
 
 from idlakd.worker.engines import EngineError, load_engine, missing_files
 from idlakd.worker.engines.command import CommandError, read_wav_stream

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from idlakd.web.keys import store_key
-from tests.conftest import assert_error, bearer, make_config
+from tests.helpers.app import assert_error, bearer, make_config
 
 
 async def test_unknown_route_is_json_404(client: TestClient[Any, Any]) -> None:

@@ -24,10 +24,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from daemon_helpers import SLOW_WAV, Daemon, start_daemon, wait_listening
-from daemon_helpers import login as daemon_login
+from tests.helpers.daemon import SLOW_WAV, Daemon, start_daemon, wait_listening
+from tests.helpers.daemon import login as daemon_login
 from idlakd.store import sqlite as store_module
-from tests.conftest import REPO, assert_error, bearer, login, make_config
+from tests.helpers.app import REPO, assert_error, bearer, login, make_config
 
 STANDIN_ROOT = REPO / "tests" / "pyidlak_standin"
 

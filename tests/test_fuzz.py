@@ -31,11 +31,11 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from idlakd.web.app import create_app
-from idlakd.web.auth import issue_token
+from idlakd.accounts.tokens import issue_token
 from idlakd.config import Config
 from idlakd.web.keys import passwords_key, secret_key, store_key
 from idlakd.web.routes import ROUTES
-from tests.conftest import assert_error, make_config
+from tests.helpers.app import assert_error, make_config
 
 T = TypeVar("T")
 
@@ -508,7 +508,7 @@ import schemathesis  # noqa: E402
 import schemathesis.checks  # noqa: E402
 import urllib.request  # noqa: E402
 
-from daemon_helpers import Daemon, start_daemon  # noqa: E402
+from tests.helpers.daemon import Daemon, start_daemon  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -662,8 +662,8 @@ FORM_FIELDS = ("csrf_token", "uid", "admin", "password", "id", "name", "gender",
 
 def test_admin_page_routes_with_generated_forms(live: LiveApp) -> None:
     """Every admin route, signed in (with the real CSRF token, or a wrong one) or not."""
-    from idlakd.web.admin import ROUTES as ADMIN_ROUTES
-    from tests.test_admin import csrf_of
+    from idlakd.web.routes import ADMIN_ROUTES
+    from tests.helpers.admin import csrf_of
 
     async def sign_in() -> str:
         """Make admin's password known, sign in, return a CSRF token of the session."""

@@ -18,12 +18,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from daemon_helpers import start_daemon, wait_listening
-from daemon_helpers import login as daemon_login
-from idlakd.web.auth import LOGINS_BUSY
+from tests.helpers.daemon import start_daemon, wait_listening
+from tests.helpers.daemon import login as daemon_login
+from idlakd.accounts.passwords import LOGINS_BUSY
 from idlakd.store.sqlite import Store
 from idlakd.accounts.throttle import TOO_MANY_ATTEMPTS, SlidingWindows
-from tests.conftest import REPO, assert_error, bearer, login, make_config, remember_secret
+from tests.helpers.app import REPO, assert_error, bearer, login, make_config
 
 FLOOD_ADDRESSES = [f"127.0.0.{n}" for n in range(2, 12)]
 
@@ -32,7 +32,7 @@ def first_admin_password(capsys: pytest.CaptureFixture[str]) -> str:
     """The password the app printed for 'admin' on first start."""
     match = re.search(r"<User admin:([^:]+):True>", capsys.readouterr().out)
     assert match
-    return remember_secret(match.group(1))
+    return match.group(1)
 
 
 def session_from(address: str) -> aiohttp.ClientSession:
@@ -76,7 +76,7 @@ async def test_a_flood_of_bad_logins_does_not_starve_a_real_one(
         async with aiohttp.ClientSession() as own:
             async with own.post(url, json={"uid": "admin", "password": password}) as resp:
                 assert resp.status == 200, await resp.text()
-                remember_secret((await resp.json())["access_token"])
+                assert (await resp.json())["access_token"]
         waited = time.perf_counter() - start
         finished_before_me = finished
         results = await asyncio.gather(*flood)
@@ -129,13 +129,13 @@ async def test_the_attempt_budget_per_address_counts_right_passwords_too(
         for _ in range(3):
             async with one.post(url, json=body) as resp:
                 assert resp.status == 200, await resp.text()
-                remember_secret((await resp.json())["access_token"])
+                assert (await resp.json())["access_token"]
         async with one.post(url, json=body) as resp:
             await assert_error(resp, 429, TOO_MANY_ATTEMPTS)
             assert 1 <= int(resp.headers["Retry-After"]) <= 300
         async with other.post(url, json=body) as resp:  # another address has its own budget
             assert resp.status == 200
-            remember_secret((await resp.json())["access_token"])
+            assert (await resp.json())["access_token"]
 
 
 def test_the_stalest_key_is_forgotten_first() -> None:
@@ -218,8 +218,7 @@ async def test_an_unwritable_database_answers_503_and_is_not_ready(tmp_path: Pat
     try:
         await wait_listening(daemon)
         async with aiohttp.ClientSession(base_url=daemon.url) as http:
-            token = remember_secret(await daemon_login(
-                http, daemon.url, "admin", remember_secret(daemon.admin_password())))
+            token = await daemon_login(http, daemon.url, "admin", daemon.admin_password())
             deadline = time.monotonic() + 30
             while (await http.get("/readyz")).status != 200:  # the worker probe takes a moment
                 assert time.monotonic() < deadline, daemon.log()
@@ -248,7 +247,7 @@ async def test_an_unwritable_database_answers_503_and_is_not_ready(tmp_path: Pat
                 await asyncio.sleep(0.2)
             resp = await http.post("/users", json={"uid": "dora"}, headers=bearer(token))
             assert resp.status == 200, await resp.text()
-            remember_secret((await resp.json())["password"])
+            assert (await resp.json())["password"]
         assert "Traceback" not in daemon.log()
     finally:
         daemon.kill()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from idlakd.web.keys import synth_key
-from tests.conftest import make_config
+from tests.helpers.app import make_config
 
 
 async def test_stalled_reader_is_dropped_and_its_work_stops(tmp_path: Path,
@@ -26,10 +26,10 @@ async def test_stalled_reader_is_dropped_and_its_work_stops(tmp_path: Path,
         assert await reader.read(15) == b"HTTP/1.1 200 OK"
         # Read nothing more: the server's writes back up, then it must give up on us.
         for _ in range(200):
-            if service.stats()["disconnects"] >= 1:
+            if service.stats().disconnects >= 1:
                 break
             await asyncio.sleep(0.05)
-        assert service.stats()["disconnects"] == 1
+        assert service.stats().disconnects == 1
         for _ in range(100):
             if not service.busy_pids():
                 break
@@ -51,12 +51,12 @@ async def test_voice_removed_from_the_database_retires_its_workers(
     for voice_id in ("alba", "callum"):
         resp = await client.post("/speech", json={"voice_id": voice_id, "text": "Hello."})
         assert resp.status == 200 and len(await resp.read()) > 1000
-    assert set(service.stats()["voices"]) == {"alba", "callum"}
+    assert set(service.stats().voices) == {"alba", "callum"}
     await client.app[store_key].delete_voice("alba")
     await retire_stale_pools(client.app)
-    assert set(service.stats()["voices"]) == {"callum"}
+    assert set(service.stats().voices) == {"callum"}
     for _ in range(100):
-        if len(service.worker_pids()) == service.stats()["voices"]["callum"]["workers"]:
+        if len(service.worker_pids()) == service.stats().voices["callum"].workers:
             break
         await asyncio.sleep(0.05)
-    assert len(service.worker_pids()) == service.stats()["voices"]["callum"]["workers"]
+    assert len(service.worker_pids()) == service.stats().voices["callum"].workers

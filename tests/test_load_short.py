@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from tests.conftest import REPO
+from tests.helpers.app import REPO
 
 
 def _load_module() -> ModuleType:

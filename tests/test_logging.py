@@ -7,6 +7,7 @@ import logging
 import logging.handlers
 import re
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import bearer, login, make_config
+from tests.helpers.app import bearer, login, make_config
 
 from idlakd.cli.main import LOG_FORMAT, setup_logging
 from idlakd.web.http import AccessLogger
@@ -159,11 +160,14 @@ def test_logging_to_stderr_by_default(tmp_path: Path, capsys: pytest.CaptureFixt
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:
-        setup_logging(make_config(tmp_path, log_level="WARNING"))
+        listener = setup_logging(make_config(tmp_path, log_level="WARNING"))
         [handler] = root.handlers
-        assert isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr
+        assert isinstance(handler, logging.handlers.QueueHandler)
+        [target] = listener.handlers
+        assert isinstance(target, logging.StreamHandler) and target.stream is sys.stderr
         assert root.level == logging.WARNING
         assert logging.getLogger("aiohttp.access").getEffectiveLevel() >= logging.WARNING
+        listener.stop()
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
@@ -174,18 +178,49 @@ def test_logging_to_a_rotating_file(tmp_path: Path) -> None:
     saved = root.handlers[:], root.level
     log_file = tmp_path / "logs" / "idlakd.log"
     try:
-        setup_logging(make_config(tmp_path, log_file=str(log_file), log_level="DEBUG"))
-        [handler] = root.handlers
-        assert isinstance(handler, logging.handlers.RotatingFileHandler)
-        assert handler.maxBytes > 0 and handler.backupCount > 0
-        logging.getLogger("idlakd.test").info("a line for %s", "the file")
-        handler.flush()
+        listener = setup_logging(make_config(tmp_path, log_file=str(log_file), log_level="DEBUG"))
+        [target] = listener.handlers
+        assert isinstance(target, logging.handlers.RotatingFileHandler)
+        assert target.maxBytes > 0 and target.backupCount > 0
+        try:
+            raise ValueError("a failure")
+        except ValueError:
+            logging.getLogger("idlakd.test").exception("a line for %s", "the file")
+        listener.stop()  # the listener thread has written everything queued
+        target.close()
     finally:
-        for handler in root.handlers:
-            handler.close()
         root.handlers[:], level = saved
         root.setLevel(level)
-    assert "INFO idlakd.test: a line for the file" in log_file.read_text()
+    text = log_file.read_text()
+    assert "ERROR idlakd.test: a line for the file\nTraceback" in text
+    assert "ValueError: a failure" in text
+
+
+async def test_the_loop_only_queues_log_records(tmp_path: Path) -> None:
+    """With a log file, the loop's thread hands records to a queue; another thread writes them."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    log_file = tmp_path / "idlakd.log"
+    writers: list[str] = []
+
+    class Spy(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            writers.append(threading.current_thread().name)
+
+    try:
+        listener = setup_logging(make_config(tmp_path, log_file=str(log_file)))
+        [on_loop] = root.handlers
+        assert isinstance(on_loop, logging.handlers.QueueHandler)
+        listener.handlers = (*listener.handlers, Spy())
+        logging.getLogger("idlakd.access").info("a request line")
+        listener.stop()
+        for handler in listener.handlers:
+            handler.close()
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    assert writers and threading.current_thread().name not in writers
+    assert "idlakd.access: a request line" in log_file.read_text()
 
 
 async def test_a_url_cannot_forge_a_log_line(logged_client: TestClient[Any, Any],

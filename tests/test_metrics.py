@@ -7,15 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
-from conftest import assert_error, bearer, make_config
+from tests.helpers.app import assert_error, bearer, make_config
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from idlakd.config import Config
-from idlakd.web.keys import synth_key
-from idlakd.web.ops.metrics import SynthCollector, is_loopback
+from idlakd.web.ops.metrics import is_loopback
 
 StartApp = Callable[[Config], Awaitable[TestClient[Any, Any]]]
 
@@ -64,6 +62,9 @@ async def test_requests_counted_by_route_template_and_status(client: TestClient[
 async def test_speech_and_synthesis_statistics(client: TestClient[Any, Any], user_token: str) -> None:
     samples = await scrape(client)
     assert value(samples, "idlakd_synthesis_queue_length") == 0
+    assert value(samples, "idlakd_synthesis_max_streams") == (
+        (value(samples, "idlakd_synthesis_max_concurrent") or 0)
+        + (value(samples, "idlakd_synthesis_max_queue") or 0))
     assert value(samples, "idlakd_speech_time_to_first_byte_seconds_count") == 0
     resp = await client.post("/speech", headers=bearer(user_token),
                              json={"voice_id": "alba", "text": "Hello there. How are you?"})
@@ -74,6 +75,7 @@ async def test_speech_and_synthesis_statistics(client: TestClient[Any, Any], use
     assert value(samples, "idlakd_http_requests_total", route="/speech", method="POST",
                  status="200") == 1
     assert value(samples, "idlakd_speech_requests_total") == 1
+    assert value(samples, "idlakd_synthesis_streams") == 0
     assert value(samples, "idlakd_workers", voice="alba", state="busy") == 0
     assert (value(samples, "idlakd_workers", voice="alba", state="idle") or 0) >= 1
     assert (value(samples, "idlakd_voice_syntheses_total", voice="alba") or 0) >= 2
@@ -104,55 +106,6 @@ async def test_each_app_has_its_own_registry(client: TestClient[Any, Any], tmp_p
     assert value(samples, "idlakd_http_requests_total", route="/languages", method="GET",
                  status="200") is None
     assert b"idlakd_" not in generate_latest(REGISTRY)
-
-
-class FakeService:
-    """A synthesis service whose stats() the test controls."""
-
-    def __init__(self, stats: Any) -> None:
-        self._stats = stats
-
-    def stats(self) -> Any:
-        """The given statistics, or raise them."""
-        if isinstance(self._stats, Exception):
-            raise self._stats
-        return self._stats
-
-
-def collect(service: object) -> dict[str, float]:
-    """Run the collector over a fake app: sample name (+labels) -> value."""
-    app = web.Application()
-    app[synth_key] = service  # type: ignore[misc]
-    out: dict[str, float] = {}
-    for family in SynthCollector(app).collect():
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
-    return out
-
-
-def test_collector_reads_stats_defensively(caplog: pytest.LogCaptureFixture) -> None:
-    assert collect(object()) == {}
-    assert collect(FakeService(["not", "a", "mapping"])) == {}
-    assert collect(FakeService(RuntimeError("stats broke"))) == {}
-    assert "Synthesis statistics unavailable" in caplog.text
-    got = collect(FakeService({
-        "queue": 3, "running": 2, "requests": 10, "synthesis_seconds": 5.0, "audio_seconds": 20.0,
-        "unknown": 1, "failures": "many",
-        "voices": {"v1": {"busy": 1, "idle": 2, "syntheses": 7, "synthesis_seconds": 1.0,
-                          "audio_seconds": 4.0}, "v2": "junk"},
-        "cache": {"hits": 4, "misses": 6, "bytes": 1000},
-    }))
-    assert got["idlakd_synthesis_queue_length"] == 3
-    assert got["idlakd_synthesis_running"] == 2
-    assert got["idlakd_speech_requests_total"] == 10
-    assert got["idlakd_synthesis_real_time_factor"] == 0.25
-    assert got["idlakd_workers{state=busy,voice=v1}"] == 1
-    assert got["idlakd_workers{state=idle,voice=v1}"] == 2
-    assert got["idlakd_voice_syntheses_total{voice=v1}"] == 7
-    assert got["idlakd_voice_real_time_factor{voice=v1}"] == 0.25
-    assert got["idlakd_cache_hits_total"] == 4 and got["idlakd_cache_bytes"] == 1000
-    assert not any("failures" in name or "unknown" in name for name in got)
 
 
 async def test_openmetrics_negotiation(client: TestClient[Any, Any]) -> None:

@@ -10,43 +10,18 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
-from synth_helpers import STANDIN_ROOT, chunk, make_standin_voice
+from tests.helpers.synth import STANDIN_ROOT, chunk, make_standin_voice
 
 from idlakd.config import Config, load_config
-from idlakd.errors import ServiceUnavailable
+from idlakd.errors import Busy
 from idlakd.models import Voice
-from idlakd.synth.pool import (BackgroundTasks, EngineFailed, SynthesisLimiter, VoicePool,
-                               WorkerFailed)
+from idlakd.synth.limiter import SynthesisLimiter
+from idlakd.synth.pool import VoicePool
+from idlakd.synth.tasks import BackgroundTasks
+from idlakd.synth.workers import EngineFailed, WorkerFailed
+from tests.helpers.processes import child_pids, wait_gone
 
 PoolFactory = Callable[..., Awaitable[VoicePool]]
-
-
-def child_pids() -> set[int]:
-    """Processes whose parent is this test process (zombies included)."""
-    me = os.getpid()
-    found: set[int] = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == me:
-            found.add(int(entry))
-    return found
-
-
-async def wait_gone(pids: set[int] | list[int], within: float = 1.5) -> set[int]:
-    """Poll until none of pids is a child any more; returns those still there."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        left = set(pids) & child_pids()
-        if not left or loop.time() > deadline:
-            return left
-        await asyncio.sleep(0.05)
 
 
 def synth_config(tmp_path: Path, **overrides: str) -> Config:
@@ -100,8 +75,8 @@ async def test_workers_start_lazily_are_reused_and_bounded(make_pool: PoolFactor
     assert pool.worker_pids == first
     results = await asyncio.gather(*(pool.synthesize(chunk(f"Number {n}.")) for n in range(5)))
     assert all(len(pcm) > 0 for _rate, pcm in results)
-    assert pool.worker_count == 2 and pool.stats()["idle"] == 2
-    assert pool.stats()["syntheses"] == 7 and pool.busy == 0
+    assert pool.worker_count == 2 and pool.stats().idle == 2
+    assert pool.stats().syntheses == 7 and pool.busy == 0
 
 
 async def test_crash_discards_worker_and_next_chunk_gets_a_new_one(
@@ -115,7 +90,7 @@ async def test_crash_discards_worker_and_next_chunk_gets_a_new_one(
     assert await wait_gone({old}) == set()
     _rate, pcm = await pool.synthesize(chunk("Still here."))
     assert pcm and pool.worker_pids != [old]
-    assert pool.stats()["errors"] == 1
+    assert pool.stats().errors == 1
 
 
 async def test_hang_times_out_and_worker_is_killed(make_pool: PoolFactory, tmp_path: Path) -> None:
@@ -175,7 +150,7 @@ async def test_fatal_start_is_reported(make_pool: PoolFactory, tmp_path: Path) -
 async def test_worker_stderr_is_logged_with_its_name(
         make_pool: PoolFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """What engines print (even to fd 1) reaches the daemon log tagged with the worker."""
-    caplog.set_level(logging.INFO, logger="idlakd.synth.pool")
+    caplog.set_level(logging.INFO, logger="idlakd.synth.workers")
     pool = await make_pool(standin_voice(tmp_path, name="abr"))
     await pool.synthesize(chunk("Hello."))
     tagged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[worker abr#1]")]
@@ -213,9 +188,9 @@ async def test_limiter_admits_up_to_the_queue_then_refuses() -> None:
     assert limiter.running == 1 and limiter.waiting == 0
     second = limiter.admit()
     assert limiter.waiting == 1
-    with pytest.raises(ServiceUnavailable) as refused:
+    with pytest.raises(Busy) as refused:
         limiter.admit()
-    assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
+    assert refused.value.retry_after == 1
     assert refused.value.message == "Server is busy, try again later"
     second.release()
     release.set()
@@ -223,6 +198,40 @@ async def test_limiter_admits_up_to_the_queue_then_refuses() -> None:
     first.release()
     assert limiter.waiting == 0 and limiter.running == 0
     limiter.admit().release()
+
+
+async def test_limiter_caps_open_streams_not_only_waiting_ones() -> None:
+    """A stream between chunks holds no slot but stays open: at most max_concurrent + max_queue."""
+    limiter = SynthesisLimiter(max_concurrent=1, max_queue=1)
+    first = limiter.admit()
+    async with limiter.slot(first):
+        pass
+    second = limiter.admit()
+    async with limiter.slot(second):
+        pass
+    assert limiter.waiting == 0 and limiter.running == 0 and limiter.streams == 2
+    with pytest.raises(Busy):
+        limiter.admit()
+    first.release()
+    first.release()  # twice is harmless
+    limiter.admit().release()
+    second.release()
+    assert limiter.streams == 0
+
+
+async def test_a_retired_pool_keeps_its_worker_for_a_running_stream(
+        make_pool: PoolFactory, tmp_path: Path) -> None:
+    """Retired mid-stream: the stream's next chunks reuse its worker; it stops when the stream ends."""
+    pool = await make_pool(standin_voice(tmp_path), workers_per_voice="1")
+    with pool.use():
+        await pool.synthesize(chunk("First."))
+        [pid] = pool.worker_pids
+        pool.retire()
+        await pool.synthesize(chunk("Second."))
+        await pool.synthesize(chunk("Third."))
+        assert pool.worker_pids == [pid]
+    assert await wait_gone({pid}, 3) == set()
+    assert pool.unused
 
 
 async def test_idle_worker_killed_from_outside_is_replaced(make_pool: PoolFactory) -> None:

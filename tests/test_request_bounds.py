@@ -19,8 +19,8 @@ from typing import Any, Iterator
 
 import aiohttp
 import pytest
-from conftest import assert_error, bearer
-from daemon_helpers import (SLOW_WAV, Daemon, login, start_daemon, wait_listening,
+from tests.helpers.app import assert_error, bearer
+from tests.helpers.daemon import (SLOW_WAV, Daemon, login, start_daemon, wait_listening,
                             write_voice_config)
 
 from idlakd.synth.wav import parse_wav
@@ -75,8 +75,8 @@ class Served:
 
 async def _start(tmp: Path, **settings: str) -> Served:
     """Start a daemon with these settings and log in as admin."""
-    daemon = start_daemon(tmp, voice_config=str(_voice_config(tmp / "voices-with-flood")),
-                          workers_per_voice="2", **settings)
+    settings.setdefault("voice_config", str(_voice_config(tmp / "voices-with-flood")))
+    daemon = start_daemon(tmp, workers_per_voice="2", **settings)
     await wait_listening(daemon)
     async with aiohttp.ClientSession() as session:
         token = await login(session, daemon.url, "admin", daemon.admin_password())
@@ -95,7 +95,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         running.daemon.kill()
 
 
-async def _request(served: Served, body: dict[str, Any], version: str = "1.1"
+async def _request(served: Served, body: dict[str, Any], version: str = "1.1", extra: str = ""
                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
     """Send POST /speech over a raw socket; the open connection and the response head."""
     payload = json.dumps(body).encode()
@@ -106,7 +106,7 @@ async def _request(served: Served, body: dict[str, Any], version: str = "1.1"
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", served.daemon.port))
     reader, writer = await asyncio.open_connection(sock=sock)
     writer.write(f"POST /speech HTTP/{version}\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 f"Authorization: Bearer {served.token}\r\n"
+                 f"Authorization: Bearer {served.token}\r\n{extra}"
                  f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
@@ -266,8 +266,13 @@ async def test_audio_past_max_audio_seconds_is_cut(tmp_path: Path) -> None:
                                     json={"voice_id": "slow", "text": "Qz.", "stream": False,
                                           "audio_format": "mp3"}) as resp:
                 await assert_error(resp, 413, "Audio longer than the limit of 0.25 seconds")
-        log = served.daemon.log()
-        cut = [line for line in log.splitlines() if "max_audio_seconds" in line]
+        # Log lines reach the file through a queue: a moment after the answers.
+        for _ in range(100):
+            log = served.daemon.log()
+            cut = [line for line in log.splitlines() if "max_audio_seconds" in line]
+            if len(cut) >= 2:
+                break
+            await asyncio.sleep(0.05)
         assert len(cut) == 2 and all("WARNING" in line and "slow" in line for line in cut), log
         assert "Qz" not in log
         # Synthesis stopped: no worker or ffmpeg is left busy.
@@ -302,6 +307,19 @@ async def test_http_1_0_gets_a_close_delimited_stream(served: Served) -> None:
     finally:
         writer.close()
     assert head.startswith(b"HTTP/1.0 200") and _headers(head)["content-length"] == str(len(again))
+    # A keep-alive HTTP/1.0 client is told the connection closes, and it does: a pipelined
+    # request's answer can never land inside the audio body.
+    reader, writer, head = await _request(
+        served, {**body, "text": "Keep me alive.", "audio_format": "ogg"}, version="1.0",
+        extra="Connection: keep-alive\r\n")
+    try:
+        writer.write(b"GET /languages HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    # HTTP/1.0 without "Connection: keep-alive" in the answer means close; and it did close.
+    assert _headers(head).get("connection", "close").lower() == "close"
+    assert data[:4] == b"OggS" and b"HTTP/1." not in data
     # An HTTP/1.1 client still gets chunks.
     reader, writer, head = await _request(served, {"voice_id": "alba", "text": "New text."})
     try:
@@ -311,3 +329,35 @@ async def test_http_1_0_gets_a_close_delimited_stream(served: Served) -> None:
         writer.close()
     assert parse_wav(_chunked_body(raw)).data_size > 0
     assert "Traceback" not in served.daemon.log()
+
+
+async def test_slow_readers_do_not_hold_every_synthesis_slot(tmp_path: Path) -> None:
+    """Two streams that stop reading, on one voice, do not stall a short request on another voice.
+
+    Each stream's chunks wait for room behind their reader; while they wait they give their
+    global synthesis slot back, so the only two slots are free for other voices.
+    """
+    voices = tmp_path / "voiceconfig.json"
+    voices.write_text(json.dumps([
+        {"vid": vid, "name": vid, "gender": "female", "lang": "en", "acc": "gb",
+         "engine": "espeak", "options": {"voice": "en-gb"}} for vid in ("held", "free")]))
+    served = await _start(tmp_path, voice_config=str(voices), max_concurrent_syntheses="2",
+                          max_audio_seconds="100000", synthesis_timeout_seconds="30")
+    # Long sentences without full stops: every chunk is 300 characters, more audio than a
+    # chunk's buffer, so each blocked chunk holds its worker mid-synthesis.
+    text = ("word and another word " * 900)[:19000]
+    stuck = [await _request(served, {"voice_id": "held", "text": text}) for _ in range(2)]
+    try:
+        await asyncio.sleep(2)  # the held voice's chunks now wait for their readers
+        async with aiohttp.ClientSession() as session:
+            started = time.monotonic()
+            async with session.post(served.daemon.url + "/speech", headers=bearer(served.token),
+                                    json={"voice_id": "free", "text": "Hello."}) as resp:
+                assert resp.status == 200
+                assert len(await resp.read()) > 1000
+            took = time.monotonic() - started
+        assert took < 5, f"a short request waited {took:.1f} s behind two stalled readers"
+    finally:
+        for _reader, writer, _head in stuck:
+            writer.close()
+        served.daemon.kill()

@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 import pytest
-from synth_helpers import (REPO, STANDIN_ROOT, WAV_WRITER, Utterance, WorkerClient, chunk,
+from tests.helpers.synth import (REPO, STANDIN_ROOT, WAV_WRITER, Utterance, WorkerClient, chunk,
                            make_standin_voice, worker_env)
 
 from idlakd.config import Config, load_config
 from idlakd.models import Voice
-from idlakd.synth.pool import BackgroundTasks, EngineFailed, SynthesisLimiter, VoicePool
+from idlakd.synth.limiter import SynthesisLimiter
+from idlakd.synth.pool import VoicePool
+from idlakd.synth.tasks import BackgroundTasks
+from idlakd.synth.workers import EngineFailed
 from idlakd.worker.sandbox import landlock_abi
 from idlakd.worker.main import worker_argv
 

@@ -26,7 +26,7 @@ from yarl import URL
 from idlakd.config import Config
 from idlakd.web.keys import passwords_key, store_key
 from idlakd.voices.definitions import VoiceDefinitionError, voice_from_entry
-from tests.conftest import REPO, assert_error, bearer, login, make_config
+from tests.helpers.app import REPO, assert_error, bearer, login, make_config
 
 INVALID = "Access token is invalid"
 
@@ -371,7 +371,7 @@ async def test_voiceconfig_entry_outside_roots_is_skipped(tmp_path: Path,
 async def test_voice_directory_traversal_via_admin_page_is_refused(
         tmp_path: Path, started_app_factory: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """A voice directory outside voice_roots, however spelled, is refused by the admin form."""
-    from tests.test_admin import admin_client
+    from tests.helpers.admin import admin_client
 
     root = tmp_path / "voices"
     (root / "abr").mkdir(parents=True)
@@ -399,7 +399,7 @@ async def test_voice_directory_traversal_via_admin_page_is_refused(
 async def test_admin_session_of_a_deleted_user_stays_dead_when_the_uid_is_reused(
         client: TestClient[Any, Any], admin_token: str) -> None:
     """Like API tokens: deleting 'boss' and creating a new 'boss' must not revive the old session."""
-    from tests.test_admin import sign_in
+    from tests.helpers.admin import sign_in
 
     h = bearer(admin_token)
     first = await (await client.post("/users", json={"uid": "boss", "admin": True}, headers=h)).json()

@@ -1,4 +1,5 @@
-"""SynthService end to end: a tiny aiohttp app, real workers (eSpeak, stand-in Idlak), real ffmpeg."""
+"""The Synthesizer end to end behind the web door helper: a tiny aiohttp app, real workers
+(eSpeak, stand-in Idlak), real ffmpeg."""
 
 from __future__ import annotations
 
@@ -14,21 +15,22 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from synth_helpers import STANDIN_ROOT, make_standin_voice
-from test_pool import child_pids, wait_gone
-from test_transcode import decoded_seconds
+from tests.helpers.synth import STANDIN_ROOT, make_standin_voice
+from tests.helpers.processes import child_pids, wait_gone
+from tests.helpers.audio import decoded_seconds
 
-from idlakd.config import load_config
-from idlakd.web.http import error_middleware
+from idlakd.config import Config, load_config
 from idlakd.models import Voice
 from idlakd.synth import wav
-from idlakd.synth.service import SynthService
+from idlakd.synth.synthesizer import Synthesizer
 from idlakd.synth.transcode import ffmpeg_executable
+from idlakd.web.audio import SpeechRequest, answer_speech
+from idlakd.web.http import error_middleware
+from idlakd.web.keys import config_key, synth_key
 
-service_key = web.AppKey("service", SynthService)
 voices_key = web.AppKey("voices", dict)
 
-Served = tuple[TestClient[Any, Any], SynthService]
+Served = tuple[TestClient[Any, Any], Synthesizer]
 ServeFactory = Callable[..., Awaitable[Served]]
 
 ESPEAK = Voice("en", "English", "en", "gb", "male", engine="espeak")
@@ -41,34 +43,42 @@ def standin(tmp_path: Path, name: str, **conf: Any) -> Voice:
 
 
 async def speech(request: web.Request) -> web.StreamResponse:
-    """POST /speech {voice, text, format?, stream?}: straight to the service."""
+    """POST /speech {voice, text, format?, stream?}: straight to the door helper /speech uses."""
     body = await request.json()
     voice = request.app[voices_key][body["voice"]]
-    return await request.app[service_key].respond(
-        request, voice, body["text"], body.get("format", "wav"), body.get("stream", True))
+    return await answer_speech(request, SpeechRequest(
+        voice, body["text"], body.get("format", "wav"), body.get("stream", True)))
+
+
+def tiny_app(config: Config, synthesizer: Synthesizer, *voices: Voice) -> web.Application:
+    """An app with only POST /speech in front of the synthesizer."""
+    app = web.Application(middlewares=[error_middleware])
+    app[config_key] = config
+    app[synth_key] = synthesizer
+    app[voices_key] = {voice.id: voice for voice in voices}
+    app.router.add_post("/speech", speech)
+    return app
 
 
 @pytest.fixture
 async def serve(aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
                 tmp_path: Path) -> AsyncIterator[ServeFactory]:
-    """Start a tiny app around a SynthService; afterwards no child process may be left."""
+    """Start a tiny app around a Synthesizer; afterwards no child process may be left."""
     clients: list[TestClient[Any, Any]] = []
 
     async def factory(*voices: Voice, **overrides: str) -> Served:
         values = {"state_dir": str(tmp_path / "state"), "idlak_root": str(STANDIN_ROOT),
                   "synthesis_timeout_seconds": "10", "workers_per_voice": "2"}
         values.update(overrides)
-        service = SynthService(load_config(env={}, overrides=values))
+        config = load_config(env={}, overrides=values)
+        service = Synthesizer(config)
 
         async def lifecycle(app: web.Application) -> AsyncIterator[None]:
             await service.start()
             yield
             await service.close()
 
-        app = web.Application(middlewares=[error_middleware])
-        app[service_key] = service
-        app[voices_key] = {voice.id: voice for voice in voices}
-        app.router.add_post("/speech", speech)
+        app = tiny_app(config, service, *voices)
         app.cleanup_ctx.append(lifecycle)
         client = await aiohttp_client(app)
         clients.append(client)
@@ -144,7 +154,7 @@ async def test_ogg_and_mp3_are_valid_and_decode(serve: ServeFactory, stream: boo
         else:
             assert body[:3] == b"ID3" or (body[0] == 0xFF and body[1] & 0xE0 == 0xE0)
         assert abs(await decoded_seconds(ffmpeg, body) - seconds) < 0.15
-    assert service.stats()["transcoders"] == 0
+    assert service.stats().transcoders == 0
 
 
 async def test_chunks_are_written_in_text_order(serve: ServeFactory, tmp_path: Path) -> None:
@@ -162,7 +172,7 @@ async def test_chunks_are_written_in_text_order(serve: ServeFactory, tmp_path: P
     rate, pcm = parse(body)
     assert rate == 16000
     assert pcm == b"".join(alone)
-    assert service.stats()["voices"]["ord"]["workers"] == 2
+    assert service.stats().voices["ord"].workers == 2
 
 
 async def test_first_audio_leaves_before_the_last_sentence_is_done(
@@ -174,11 +184,11 @@ async def test_first_audio_leaves_before_the_last_sentence_is_done(
     response = await client.post("/speech", json={"voice": voice.id, "text": " ".join(sentences)})
     assert response.status == 200
     first = await response.content.readany()
-    done_at_first_bytes = service.stats()["voices"]["slow"]["syntheses"]
+    done_at_first_bytes = service.stats().voices["slow"].syntheses
     assert first[:4] == b"RIFF"
     rest = await response.read()
     assert done_at_first_bytes < len(sentences)
-    assert service.stats()["voices"]["slow"]["syntheses"] == len(sentences)
+    assert service.stats().voices["slow"].syntheses == len(sentences)
     assert len(parse(first + rest)[1]) > 0
 
 
@@ -206,7 +216,7 @@ async def test_failure_mid_stream_aborts_the_connection(
     assert response.status == 200
     with pytest.raises(aiohttp.ClientPayloadError):
         await response.read()
-    assert service.stats()["failures"] == 1
+    assert service.stats().failures == 1
     assert await wait_gone(set(service.busy_pids())) == set()
 
 
@@ -225,7 +235,7 @@ async def test_client_disconnect_stops_everything_working_for_it(
     # (the head chunk streams); once it is done, both workers hold later
     # sentences, and a worker idle by then would rightly be kept warm.
     for _ in range(100):
-        if service.stats()["syntheses"] >= 1 and len(service.busy_pids()) >= 2:
+        if service.stats().syntheses >= 1 and len(service.busy_pids()) >= 2:
             break
         await asyncio.sleep(0.01)
     working = set(service.busy_pids())
@@ -233,10 +243,10 @@ async def test_client_disconnect_stops_everything_working_for_it(
     response.close()
     assert await wait_gone(working, 1.2) == set()
     for _ in range(50):  # the bookkeeping follows the processes promptly
-        if not service.busy_pids() and service.stats()["disconnects"]:
+        if not service.busy_pids() and service.stats().disconnects:
             break
         await asyncio.sleep(0.02)
-    assert service.busy_pids() == [] and service.stats()["disconnects"] == 1
+    assert service.busy_pids() == [] and service.stats().disconnects == 1
     # Nothing else was started behind the service's back.
     assert child_pids() <= set(service.worker_pids())
 
@@ -261,10 +271,10 @@ async def test_full_queue_answers_503_before_any_audio(serve: ServeFactory, tmp_
     voice = standin(tmp_path, "busy", delay_per_sentence=0.4)
     client, service = await serve(voice, max_concurrent_syntheses="1", max_queue="1")
     running = asyncio.create_task(post(client, voice, "First one. And its second."))
-    while service.stats()["running"] < 1:
+    while service.stats().running < 1:
         await asyncio.sleep(0.02)
     waiting = asyncio.create_task(post(client, voice, "Second request."))
-    while service.stats()["queue"] < 1:
+    while service.stats().queue < 1:
         await asyncio.sleep(0.02)
     response, _body = await post(client, voice, "Third request.")
     assert response.status == 503
@@ -273,7 +283,7 @@ async def test_full_queue_answers_503_before_any_audio(serve: ServeFactory, tmp_
     for task in (running, waiting):
         done, body = await task
         assert done.status == 200 and parse(body)[1]
-    assert service.stats()["queue"] == 0
+    assert service.stats().queue == 0
 
 
 async def test_bad_markup_and_blank_text_are_422(serve: ServeFactory) -> None:
@@ -294,7 +304,7 @@ async def test_cache_serves_repeats_and_never_stores_failures(
     cache_dir = tmp_path / "state" / "cache"
     _response, first = await post(client, voice, "Cache me. Twice.")
     assert len(os.listdir(cache_dir)) == 1
-    syntheses = service.stats()["voices"]["cached"]["syntheses"]
+    syntheses = service.stats().voices["cached"].syntheses
     repeat, again = await post(client, voice, "Cache me. Twice.")
     assert repeat.status == 200 and parse(again)[1] == parse(first)[1]
     complete, whole = await post(client, voice, "Cache me. Twice.", stream=False)
@@ -302,12 +312,26 @@ async def test_cache_serves_repeats_and_never_stores_failures(
     with wave.open(io.BytesIO(whole)) as reader:  # the cached copy has exact sizes
         assert reader.getnframes() * 2 == len(whole) - wav.HEADER_BYTES
     stats = service.stats()
-    assert stats["voices"]["cached"]["syntheses"] == syntheses and stats["cache"]["hits"] == 2
+    assert stats.voices["cached"].syntheses == syntheses and stats.cache.hits == 2
     response = await client.post("/speech", json={"voice": voice.id, "text": "Fine. Then CRASH."})
     with pytest.raises(aiohttp.ClientPayloadError):
         await response.read()
     await asyncio.sleep(0.2)
     assert len(os.listdir(cache_dir)) == 1  # no partial file, no temp file
+
+
+async def test_identical_requests_at_once_synthesise_once(
+        serve: ServeFactory, tmp_path: Path) -> None:
+    """Single flight: with the cache on, twins wait for the first one's entry and get the same bytes."""
+    voice = standin(tmp_path, "twins", delay_per_sentence=0.2)
+    client, service = await serve(voice, cache_max_bytes="10000000")
+    text = "One sentence. And another one. And a third."
+    answers = await asyncio.gather(*(post(client, voice, text) for _ in range(3)))
+    assert all(response.status == 200 for response, _body in answers)
+    assert parse(answers[0][1])[1] == parse(answers[1][1])[1] == parse(answers[2][1])[1]
+    stats = service.stats()
+    assert stats.voices["twins"].syntheses == 3  # three sentences, once
+    assert stats.cache.hits == 2 and stats.cache.files == 1
 
 
 async def test_changed_voice_retires_its_old_workers(serve: ServeFactory, tmp_path: Path) -> None:
@@ -323,19 +347,18 @@ async def test_changed_voice_retires_its_old_workers(serve: ServeFactory, tmp_pa
     response, _body = await post(client, changed, "After.")
     assert response.status == 200
     assert await wait_gone(old, 3) == set()
-    assert service.stats()["voices"]["ver"]["version"] == changed.version
+    assert service.stats().voices["ver"].version == changed.version
 
 
 async def test_client_disconnect_without_handler_cancellation(tmp_path: Path) -> None:
-    """As under run_app (handler_cancellation off): the service notices the hang-up by itself."""
+    """With aiohttp's handler_cancellation off (run_app's default) the hang-up is still
+    noticed: the next write raises, and everything working for the stream stops."""
     voice = standin(tmp_path, "runapp", delay_per_sentence=1)
-    service = SynthService(load_config(env={}, overrides={
+    config = load_config(env={}, overrides={
         "state_dir": str(tmp_path / "state"), "idlak_root": str(STANDIN_ROOT),
-        "workers_per_voice": "2"}))
-    app = web.Application(middlewares=[error_middleware])
-    app[service_key] = service
-    app[voices_key] = {voice.id: voice}
-    app.router.add_post("/speech", speech)
+        "workers_per_voice": "2"})
+    service = Synthesizer(config)
+    app = tiny_app(config, service, voice)
     runner = web.AppRunner(app, handler_cancellation=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -352,12 +375,13 @@ async def test_client_disconnect_without_handler_cancellation(tmp_path: Path) ->
             working = set(service.busy_pids())
             assert len(working) == 3  # two workers and ffmpeg
             response.close()
-            assert await wait_gone(working, 1.2) == set()
+            # Told at the next write: when the next sentence (1 s each here) reaches ffmpeg's output.
+            assert await wait_gone(working, 4) == set()
             for _ in range(50):
-                if not service.busy_pids() and service.stats()["disconnects"]:
+                if not service.busy_pids() and service.stats().disconnects:
                     break
                 await asyncio.sleep(0.02)
-            assert service.busy_pids() == [] and service.stats()["disconnects"] == 1
+            assert service.busy_pids() == [] and service.stats().disconnects == 1
     finally:
         await service.close()
         await runner.cleanup()
@@ -374,13 +398,13 @@ async def test_missing_ffmpeg_is_a_clean_error_and_wav_still_works(serve: ServeF
     response, body = await post(client, ESPEAK, "Hello.")
     assert response.status == 200 and parse(body)[1]
     stats = service.stats()
-    assert stats["failures"] == 2 and stats["transcoders"] == 0
-    # The streamed ogg's chunk is cancelled when ffmpeg cannot start at its first
-    # audio (the head chunk streams), unless it already finished: 2 or 3 complete.
-    assert stats["syntheses"] in (2, 3)
-    assert stats["audio_seconds"] > 0 and stats["synthesis_seconds"] > 0
-    voice_stats = stats["voices"]["en"]
-    assert {"busy", "idle", "workers", "syntheses", "errors"} <= set(voice_stats)
+    assert stats.failures == 2 and stats.transcoders == 0
+    # Each ogg's chunk is cancelled when ffmpeg cannot start at its first audio (the
+    # head chunk streams), unless it already finished; the wav's completes.
+    assert stats.syntheses in (1, 2, 3)
+    assert stats.audio_seconds > 0 and stats.synthesis_seconds > 0
+    voice_stats = stats.voices["en"]
+    assert voice_stats.syntheses == stats.syntheses and voice_stats.busy == 0
 
 
 async def test_close_during_a_stream_aborts_it_and_leaves_nothing(
@@ -408,17 +432,17 @@ async def test_idle_workers_are_reaped_by_the_service(serve: ServeFactory) -> No
     pids = set(service.worker_pids())
     assert pids
     assert await wait_gone(pids, 3) == set()
-    assert service.stats()["voices"]["en"]["workers"] == 0
+    assert service.stats().voices["en"].workers == 0
     response, body = await post(client, ESPEAK, "Hello again.")
     assert response.status == 200 and parse(body)[1]
 
 
 async def test_a_chunk_waits_for_room_but_not_forever() -> None:
     """Back-pressure: the sink holds a worker while its audio is untaken, up to the consumer's patience."""
-    from idlakd.synth.service import CHUNK_BUFFER_BYTES, ConsumerStalled, _ChunkAudio, _Flow
+    from idlakd.synth.pipeline import CHUNK_BUFFER_BYTES, ChunkAudio, ConsumerStalled, Flow
 
-    flow = _Flow(patience=0.3)
-    audio = _ChunkAudio(flow)
+    flow = Flow(patience=0.3)
+    audio = ChunkAudio(flow)
     frame = b"\0" * (CHUNK_BUFFER_BYTES // 4)
     for _ in range(3):
         await asyncio.wait_for(audio.put(16000, frame), 1)  # under the bound: no wait

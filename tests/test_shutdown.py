@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import assert_error, bearer
-from daemon_helpers import SLOW_CHUNK_BYTES, login, start_daemon, wait_listening
+from tests.helpers.app import assert_error, bearer
+from tests.helpers.daemon import SLOW_CHUNK_BYTES, login, start_daemon, wait_listening
 
 from idlakd.web.keys import runtime_key
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 from idlakd.store.sqlite import Store
@@ -29,3 +30,32 @@ async def test_a_cancelled_write_leaves_no_transaction_open(tmp_path: Path) -> N
             await asyncio.gather(task, return_exceptions=True)
         assert await store.add_user("after", b"h", True)
         assert (await store.get_user("after")) is not None
+
+
+async def test_a_failed_commit_is_rolled_back_and_the_next_write_works(tmp_path: Path) -> None:
+    """COMMIT itself fails (a deferred foreign key, checked only then): nothing stays open.
+
+    SQLite keeps the transaction open after such a COMMIT; were it not rolled back, the
+    shared write connection would hold the write lock and every later BEGIN would fail.
+    """
+    path = tmp_path / "x.db"
+    async with Store(path):
+        pass  # create the schema
+    with sqlite3.connect(path) as db:
+        # Every new user writes a row naming a parent that does not exist: legal until COMMIT.
+        db.executescript("""
+            CREATE TABLE parent (id INTEGER PRIMARY KEY);
+            CREATE TABLE child (parent_id INTEGER REFERENCES parent (id)
+                                DEFERRABLE INITIALLY DEFERRED);
+            CREATE TRIGGER orphan AFTER INSERT ON users BEGIN
+                INSERT INTO child (parent_id) VALUES (42);
+            END;
+        """)
+    async with Store(path) as store:
+        # The failed COMMIT is an IntegrityError, which add_user reports as "uid taken".
+        assert not await store.add_user("eve", b"h", False)
+        # Another writer is not locked out, and the store's own next write works.
+        with sqlite3.connect(path, timeout=1) as db:
+            db.execute("DROP TRIGGER orphan")
+        assert await store.add_user("eve", b"h", False)
+        assert await store.get_user("eve") is not None

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import struct
 from pathlib import Path
 
 import pytest
 
 from idlakd.config import load_config
+from idlakd.synth import wav
 from idlakd.synth.transcode import (CONTENT_TYPES, FORMATS, TranscodeError, Transcoder,
                                     ffmpeg_arguments, ffmpeg_executable)
+from tests.helpers.audio import decoded_seconds
 
 
 def tone(seconds: float, rate: int = 22050) -> bytes:
@@ -49,21 +52,30 @@ async def encode(ffmpeg: str, audio_format: str, rate: int, pcm: bytes) -> bytes
         await transcoder.aclose()
 
 
-async def decoded_seconds(ffmpeg: str, data: bytes) -> float:
-    """Decode a stream with ffmpeg to 8 kHz PCM and return its duration."""
+# The container ffmpeg must find behind each Content-Type a client is told (IANA / RFC 3003, 5334).
+DEMUXER_OF_TYPE = {"audio/wav": "wav", "audio/ogg": "ogg", "audio/mpeg": "mp3"}
+
+
+async def detected_container(ffmpeg: str, data: bytes) -> str:
+    """The container ffmpeg recognises in data (its demuxer's name)."""
     proc = await asyncio.create_subprocess_exec(
-        ffmpeg, "-hide_banner", "-loglevel", "error", "-i", "pipe:0", "-f", "s16le", "-ac", "1",
-        "-ar", "8000", "pipe:1", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate(data)
-    assert proc.returncode == 0, err
-    return len(out) / 2 / 8000
+        ffmpeg, "-hide_banner", "-i", "pipe:0", "-f", "null", "-", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(data), timeout=30)
+    match = re.search(r"Input #0, (\w+), from", err.decode(errors="replace"))
+    assert proc.returncode == 0 and match, err[-500:]
+    return match.group(1)
 
 
-def test_formats_and_content_types() -> None:
-    """One list of formats, each with its content type."""
-    assert FORMATS == ("wav", "ogg", "mp3")
-    assert CONTENT_TYPES == {"wav": "audio/wav", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
+async def test_every_format_is_the_content_type_it_is_sent_as(ffmpeg: str) -> None:
+    """The audio of each format decodes as the container its Content-Type names."""
+    pcm = tone(0.5)
+    for audio_format in FORMATS:
+        if audio_format == "wav":
+            data = wav.exact_header(22050, len(pcm)) + pcm
+        else:
+            data = await encode(ffmpeg, audio_format, 22050, pcm)
+        assert await detected_container(ffmpeg, data) == DEMUXER_OF_TYPE[CONTENT_TYPES[audio_format]]
 
 
 def test_mp3_resamples_rates_mpeg_does_not_know() -> None:

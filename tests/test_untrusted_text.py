@@ -17,8 +17,8 @@ from typing import Any, AsyncIterator
 import aiohttp
 import pytest
 
-from daemon_helpers import Daemon, login, start_daemon, wait_listening
-from synth_helpers import STANDIN_ROOT, make_standin_voice
+from tests.helpers.daemon import Daemon, login, start_daemon, wait_listening
+from tests.helpers.synth import STANDIN_ROOT, make_standin_voice
 
 SENTENCE = "Hello there, this is another user speaking clearly."
 

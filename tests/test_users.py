@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from idlakd.web.keys import passwords_key, store_key
-from tests.conftest import assert_error, bearer, login
+from tests.helpers.app import assert_error, bearer, login
 
 
 async def test_list_users(client: TestClient[Any, Any], admin_token: str) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import assert_error
+from tests.helpers.app import assert_error
 
 VOICE_KEYS = {"voice_id", "id", "name", "language", "accent", "gender", "sample_rate", "engine"}
 
@@ -70,7 +70,7 @@ async def test_get_voice(client: TestClient[Any, Any]) -> None:
 
 
 async def test_no_voices_gives_204(tmp_path: Any, started_app_factory: Any) -> None:
-    from tests.conftest import make_config
+    from tests.helpers.app import make_config
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
     client = await started_app_factory(make_config(tmp_path, voice_config=str(empty)))

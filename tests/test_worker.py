@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 import pytest
-from synth_helpers import (
+from tests.helpers.synth import (
     REPO,
     STANDIN_ROOT,
     WorkerClient,

@@ -9,7 +9,7 @@ import math
 import time
 from typing import AsyncIterator, Callable, Deque, Final
 
-from idlakd.errors import TooManyRequests
+from idlakd.errors import RateLimited
 
 THROTTLED: Final = "Too many failed login attempts, try again later"
 TOO_MANY_ATTEMPTS: Final = "Too many login attempts from this address, try again later"
@@ -88,17 +88,17 @@ class LoginThrottle:
         return math.ceil(times[0] + self.window - now) if times else 1
 
     def check(self, uid: str, address: str) -> None:
-        """Raise TooManyRequests (with Retry-After) when uid or address is over a limit."""
+        """Raise RateLimited (with Retry-After) when uid or address is over a limit."""
         now = self.clock()
         for key, limit in ((f"uid:{uid}", self.max_per_uid),
                            (f"addr:{address}", self.max_per_address)):
             times = self._failures.recent(key, now)
             if len(times) + self._pending[key] >= limit:
-                raise TooManyRequests(THROTTLED, retry_after=self._retry_after(times, now))
+                raise RateLimited(THROTTLED, retry_after=self._retry_after(times, now))
         if self.max_attempts_per_address is not None:
             times = self._attempts.recent(f"addr:{address}", now)
             if len(times) >= self.max_attempts_per_address:
-                raise TooManyRequests(TOO_MANY_ATTEMPTS,
+                raise RateLimited(TOO_MANY_ATTEMPTS,
                                       retry_after=self._retry_after(times, now))
 
     @contextlib.asynccontextmanager

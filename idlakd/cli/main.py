@@ -7,16 +7,17 @@ import asyncio
 import json
 import logging
 import logging.handlers
+import queue
 import sys
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
 from idlakd import __version__
-from idlakd.web.auth import generate_password, hash_password_sync
+from idlakd.accounts import users as accounts
+from idlakd.accounts.passwords import Passwords
 from idlakd.config import SETTINGS, Config, ConfigError, load_config
 from idlakd.errors import StoreError
 from idlakd.store.sqlite import Store
-from idlakd.web.validation import UID_RULE, normalise_uid
 from idlakd.voices.definitions import VoiceDefinitionError, voice_from_entry
 
 log = logging.getLogger(__name__)
@@ -28,33 +29,45 @@ class CommandError(Exception):
     """A CLI command failed in an expected way; its message is printed as one line."""
 
 
-def setup_logging(config: Config) -> None:
-    """Log to stderr (journald) or to a rotating file, at the configured level."""
-    handler: logging.Handler
+def setup_logging(config: Config) -> logging.handlers.QueueListener:
+    """Log to stderr (journald) or to a rotating file, at the configured level, off the loop.
+
+    Every record (an access line per request, each worker stderr line) is only queued by the
+    thread that logs it; a listener thread formats and writes it, so a slow disk or a full
+    pipe never stalls the event loop. Stop the returned listener to flush it at exit.
+    """
+    target: logging.Handler
     if config.log_file is not None:
         config.log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
+        target = logging.handlers.RotatingFileHandler(
             config.log_file, maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8")
     else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        target = logging.StreamHandler(sys.stderr)
+    target.setFormatter(logging.Formatter(LOG_FORMAT))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
     root.setLevel(config.log_level)
     # aiohttp's own access logger duplicates ours (and would log query strings).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # At DEBUG aiosqlite logs every statement with its parameters: password hashes, token ids.
     logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
+    listener = logging.handlers.QueueListener(records, target)
+    listener.start()
+    return listener
 
 
 def serve(config: Config) -> int:
     """Run the daemon until SIGINT/SIGTERM."""
     from idlakd.web.server import run_daemon
 
-    setup_logging(config)
-    log.info("idlakd %s starting on %s:%d (database %s)",
-             __version__, config.host, config.port, config.database)
-    asyncio.run(run_daemon(config))
+    listener = setup_logging(config)
+    try:
+        log.info("idlakd %s starting on %s:%d (database %s)",
+                 __version__, config.host, config.port, config.database)
+        asyncio.run(run_daemon(config))
+    finally:
+        listener.stop()  # writes what is still queued
     return 0
 
 
@@ -62,6 +75,17 @@ async def _with_store(config: Config, action: Callable[[Store], Awaitable[int]])
     """Open the database, run one command against it, close it."""
     async with Store(config.database) as store:
         return await action(store)
+
+
+async def _with_accounts(config: Config,
+                         action: Callable[[Store, Passwords], Awaitable[int]]) -> int:
+    """Open the database and one bcrypt thread, run one user command, close both."""
+    passwords = Passwords(config.bcrypt_rounds, threads=1)
+    try:
+        async with Store(config.database) as store:
+            return await action(store, passwords)
+    finally:
+        await passwords.close()
 
 
 def _voice_add(config: Config, args: argparse.Namespace) -> int:
@@ -111,19 +135,18 @@ def _voice_list(config: Config, args: argparse.Namespace) -> int:
 
 def _user_add(config: Config, args: argparse.Namespace) -> int:
     """idlakd user add UID [--admin]: prints the generated password once."""
-    uid = normalise_uid(args.uid)  # the same rule as POST /users: stored normalised
-    if uid is None:
-        raise CommandError(f"uid: {UID_RULE}")
-
-    async def action(store: Store) -> int:
-        password = generate_password()
-        password_hash = await asyncio.to_thread(hash_password_sync, password, config.bcrypt_rounds)
-        if not await store.add_user(uid, password_hash, args.admin):
-            raise CommandError(f"user '{uid}' already exists")
-        print(f"<User {uid}:{password}:{args.admin}>")
+    async def action(store: Store, passwords: Passwords) -> int:
+        try:
+            # The same rule as POST /users (stored normalised), checked before any hashing.
+            created = await accounts.create_user(store, passwords, args.uid, args.admin)
+        except accounts.UserExists as exc:
+            raise CommandError(f"user '{exc.uid}' already exists") from None
+        except accounts.BadUid as exc:
+            raise CommandError(exc.message) from None
+        print(f"<User {created.uid}:{created.password}:{created.admin}>")
         return 0
 
-    return asyncio.run(_with_store(config, action))
+    return asyncio.run(_with_accounts(config, action))
 
 
 def _user_list(config: Config, args: argparse.Namespace) -> int:
@@ -138,28 +161,31 @@ def _user_list(config: Config, args: argparse.Namespace) -> int:
 
 def _user_passwd(config: Config, args: argparse.Namespace) -> int:
     """idlakd user passwd UID: a new generated password (recovery of a lost admin password)."""
-    async def action(store: Store) -> int:
-        user = await store.get_user(args.uid)
+    async def action(store: Store, passwords: Passwords) -> int:
+        missing = CommandError(f"user '{args.uid}' does not exist")
+        user = await store.get_user(args.uid)  # for the admin flag it prints
         if user is None:
-            raise CommandError(f"user '{args.uid}' does not exist")
-        password = generate_password()
-        password_hash = await asyncio.to_thread(hash_password_sync, password, config.bcrypt_rounds)
-        if not await store.set_password_hash(args.uid, password_hash):
-            raise CommandError(f"user '{args.uid}' does not exist")
+            raise missing
+        try:
+            password = await accounts.reset_password(store, passwords, args.uid)
+        except accounts.NoSuchUser:  # deleted meanwhile
+            raise missing from None
         print(f"<User {user.uid}:{password}:{user.admin}>")
         return 0
 
-    return asyncio.run(_with_store(config, action))
+    return asyncio.run(_with_accounts(config, action))
 
 
 def _user_delete(config: Config, args: argparse.Namespace) -> int:
     """idlakd user delete UID (the last admin stays)."""
     async def action(store: Store) -> int:
-        outcome = await store.delete_user(args.uid)
-        if outcome == "missing":
-            raise CommandError(f"user '{args.uid}' does not exist")
-        if outcome == "last_admin":
-            raise CommandError(f"user '{args.uid}' is the only admin; make another admin first")
+        try:
+            await accounts.delete_user(store, args.uid)
+        except accounts.NoSuchUser:
+            raise CommandError(f"user '{args.uid}' does not exist") from None
+        except accounts.LastAdmin:
+            raise CommandError(
+                f"user '{args.uid}' is the only admin; make another admin first") from None
         print(f"User '{args.uid}' has been deleted")
         return 0
 

@@ -11,7 +11,7 @@ import sqlite3
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, AsyncIterator, Final, Iterable, NoReturn
+from typing import Any, AsyncIterator, Awaitable, Final, Iterable, NoReturn
 
 import aiosqlite
 from contextlib import asynccontextmanager
@@ -79,6 +79,29 @@ def _voice(row: sqlite3.Row | tuple[Any, ...]) -> Voice:
         engine=row[5], options=json.loads(row[6] or "{}"), directory=row[7],
         sample_rate=row[8], updated_at=row[9],
     )
+
+
+async def _to_the_end(statement: Awaitable[Any]) -> None:
+    """Await a statement; when cancelled meanwhile, let it finish in aiosqlite's thread first.
+
+    Then whether BEGIN or COMMIT ran is known when the cancel goes on (and a ROLLBACK after it
+    sees the connection's true state).
+    """
+    step = asyncio.ensure_future(statement)
+    try:
+        await asyncio.shield(step)
+    except asyncio.CancelledError:
+        with contextlib.suppress(sqlite3.Error):
+            await step
+        raise
+
+
+async def _roll_back(db: aiosqlite.Connection) -> None:
+    """End the connection's open transaction, if any, keeping the caller's error first."""
+    if db.in_transaction:
+        # After an I/O error SQLite may fail to roll back: the caller needs the first error.
+        with contextlib.suppress(sqlite3.Error):
+            await asyncio.shield(db.execute("ROLLBACK"))
 
 
 class Store:
@@ -158,26 +181,20 @@ class Store:
         """
         db = self.db
         async with self._write_lock:
-            begin = asyncio.ensure_future(db.execute("BEGIN IMMEDIATE"))
             try:
-                await asyncio.shield(begin)
+                await _to_the_end(db.execute("BEGIN IMMEDIATE"))
             except asyncio.CancelledError:
-                # BEGIN still runs in aiosqlite's thread; end the transaction it may open.
-                with contextlib.suppress(Exception):
-                    await begin
-                    await db.execute("ROLLBACK")
+                await _roll_back(db)  # BEGIN may have opened a transaction before the cancel
                 raise
             except sqlite3.OperationalError as exc:
                 self._raise_write_failure(exc)
             try:
                 yield db
-                await db.execute("COMMIT")
+                await _to_the_end(db.execute("COMMIT"))
             except BaseException as exc:
-                if db.in_transaction:
-                    # After an I/O error SQLite may have rolled back already, or fail to:
-                    # the caller needs the first error, not the rollback's.
-                    with contextlib.suppress(sqlite3.Error):
-                        await db.execute("ROLLBACK")
+                # A failed COMMIT (a deferred constraint, SQLITE_BUSY) leaves the transaction
+                # open: the shared connection must never stay in it.
+                await _roll_back(db)
                 if isinstance(exc, sqlite3.OperationalError):
                     self._raise_write_failure(exc)
                 raise

@@ -1,1 +1,1 @@
-"""Speech synthesis: worker subprocesses, their pipe protocol, engines, and the daemon-side pool."""
+"""Speech synthesis: documents in, AudioStreams out, over pools of worker subprocesses (no HTTP here)."""

@@ -1,4 +1,10 @@
-"""Optional on-disk cache of finished audio, LRU-bounded in bytes, written atomically."""
+"""Optional on-disk cache of finished audio, LRU-bounded in bytes, written atomically.
+
+An entry is written while its answer streams, and made durable (fsync,
+rename) only after the answer's last byte: no client waits for the disk.
+Identical requests arriving while one synthesises wait for its entry
+instead of synthesising again (single flight).
+"""
 
 from __future__ import annotations
 
@@ -28,15 +34,24 @@ def cache_key(voice_id: str, voice_version: str, audio_format: str, text: str) -
 class CacheEntryWriter:
     """A cache file being written: a hidden temp file until commit() renames it into place."""
 
-    def __init__(self, cache: "AudioCache", key: str, handle: BinaryIO, temp_path: Path) -> None:
+    def __init__(self, cache: "AudioCache", key: str, handle: BinaryIO, temp_path: Path,
+                 flight: asyncio.Event) -> None:
         self._cache = cache
         self.key = key
         self._handle = handle
         self._temp_path = temp_path
+        self._flight = flight
         self.size = 0
+        # No more writes: set by commit() and abort(), which then own the file.
         self._closed = False
+        self._commit: asyncio.Task[bool] | None = None
         # Too big for the cache: the rest is not written, and nothing is committed.
         self.overflow = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether commit() or abort() was called (no more writes)."""
+        return self._closed
 
     async def write(self, data: bytes) -> None:
         """Append data (off the event loop)."""
@@ -61,13 +76,22 @@ class CacheEntryWriter:
         await asyncio.to_thread(patch)
 
     async def commit(self) -> bool:
-        """Make the entry visible (flush, fsync, rename); False if it was dropped."""
+        """Make the entry visible (flush, fsync, rename, index); False if it was dropped.
+
+        Once begun the commit runs to its end even if the caller is cancelled:
+        a renamed file is always indexed (or removed), never left unknown.
+        """
         if self._closed:
             return False
         if self.overflow:
             await self.abort()
             return False
         self._closed = True
+        self._commit = asyncio.create_task(self._finish())
+        return await asyncio.shield(self._commit)
+
+    async def _finish(self) -> bool:
+        """The commit itself: durable file, then the index; the waiting twins are told."""
         final = self._cache.directory / self.key
 
         def finish() -> None:
@@ -84,8 +108,11 @@ class CacheEntryWriter:
             log.warning("Could not store %s in the audio cache: %s", self.key, exc)
             await asyncio.to_thread(_unlink_quietly, self._temp_path)
             return False
-        await self._cache._added(self.key, self.size)
-        return True
+        else:
+            await self._cache._added(self.key, self.size)
+            return True
+        finally:
+            self._cache._landed(self.key, self._flight)
 
     async def abort(self) -> None:
         """Throw the partial entry away; it never becomes visible."""
@@ -97,7 +124,10 @@ class CacheEntryWriter:
             self._handle.close()
             _unlink_quietly(self._temp_path)
 
-        await asyncio.to_thread(drop)
+        try:
+            await asyncio.to_thread(drop)
+        finally:
+            self._cache._landed(self.key, self._flight)
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -122,6 +152,8 @@ class AudioCache:
         self._entries: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._total = 0
         self._lock = asyncio.Lock()
+        # key -> set once the entry being written for it is committed or dropped.
+        self._flights: dict[str, asyncio.Event] = {}
         self.hits = 0
         self.misses = 0
 
@@ -187,9 +219,32 @@ class AudioCache:
         self.hits += 1
         return found
 
-    async def begin(self, key: str) -> CacheEntryWriter | None:
-        """Start writing an entry; None when the cache is off or cannot write."""
+    def in_flight(self, key: str) -> asyncio.Event | None:
+        """Set once the entry now being written for key lands (or is dropped); None if none is."""
+        return self._flights.get(key)
+
+    def reserve(self, key: str) -> asyncio.Event:
+        """Claim key: identical requests wait (in_flight) instead of synthesising it again.
+
+        Synchronous, so no twin can slip in between a missed lookup and this;
+        end the claim with begin()'s writer, or release() if nothing is written.
+        """
+        return self._flights.setdefault(key, asyncio.Event())
+
+    def release(self, key: str, flight: asyncio.Event) -> None:
+        """End a claim that wrote nothing: its waiters look again (and one synthesises)."""
+        self._landed(key, flight)
+
+    def _landed(self, key: str, flight: asyncio.Event) -> None:
+        """The claim on key is over: wake whoever waits for it."""
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        flight.set()
+
+    async def begin(self, key: str, flight: asyncio.Event) -> CacheEntryWriter | None:
+        """Start writing the entry claimed with reserve(); None (claim released) if it cannot be."""
         if not self.enabled:
+            self.release(key, flight)
             return None
 
         def create() -> tuple[BinaryIO, Path]:
@@ -199,10 +254,13 @@ class AudioCache:
 
         try:
             handle, temp_path = await asyncio.to_thread(create)
-        except OSError as exc:
+        except BaseException as exc:
+            self.release(key, flight)
+            if not isinstance(exc, OSError):
+                raise
             log.warning("Audio cache not writable (%s): %s", self.directory, exc)
             return None
-        return CacheEntryWriter(self, key, handle, temp_path)
+        return CacheEntryWriter(self, key, handle, temp_path, flight)
 
     def _forget(self, key: str) -> None:
         """Drop a key from the index."""

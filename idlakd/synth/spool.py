@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from pathlib import Path
-from typing import AsyncIterator, Final
+from typing import AsyncGenerator, Final
 
 # Writes are gathered into pieces of about this size before a thread writes them:
 # few thread hops per second of audio, and little held outside the spool.
@@ -46,7 +46,7 @@ class Spool:
         pieces, self._pending, self._pending_bytes = self._pending, [], 0
         await asyncio.to_thread(self._file.writelines, pieces)
 
-    async def blocks(self, size: int = READ_SIZE) -> AsyncIterator[bytes]:
+    async def blocks(self, size: int = READ_SIZE) -> AsyncGenerator[bytes, None]:
         """Everything written, from the start, in blocks of at most size bytes."""
         await self._flush()
         await asyncio.to_thread(self._file.seek, 0)

@@ -25,7 +25,7 @@ _HAS_WORD: Final = re.compile(r"\w")
 
 def _is_abbreviation(piece: str) -> bool:
     """Whether a piece ends in an abbreviation or initial rather than a sentence end."""
-    words = piece.rstrip().split()
+    words = piece.rstrip().rsplit(None, 1)
     if not words or not words[-1].endswith("."):
         return False
     last = words[-1].rstrip(".").lstrip("(\"'\u201c\u2018").lower()
@@ -36,18 +36,19 @@ def _is_abbreviation(piece: str) -> bool:
 def split_sentences(text: str) -> list[str]:
     """Split plain text into sentences, whitespace normalised, empty ones dropped."""
     sentences: list[str] = []
-    pending = ""
+    start = 0  # where the sentence being built began
     position = 0
     for match in _SENTENCE_END.finditer(text):
-        piece = pending + text[position:match.end()]
+        # Only the newest piece is looked at: a run of initials ("a. a. a. ...") must not
+        # make each step re-read the whole sentence so far (quadratic time).
+        piece = text[position:match.end()]
         position = match.end()
         paragraph = _PARAGRAPH.search(match.group(0)) is not None
         if not paragraph and _is_abbreviation(piece):
-            pending = piece
             continue
-        pending = ""
-        sentences.append(piece)
-    sentences.append(pending + text[position:])
+        sentences.append(text[start:position])
+        start = position
+    sentences.append(text[start:])
     result: list[str] = []
     for sentence in sentences:
         normal = " ".join(sentence.split())

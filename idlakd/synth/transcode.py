@@ -21,6 +21,8 @@ ENCODED_FORMATS: Final = ("ogg", "mp3")
 _MP3_RATES: Final = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 _READ_SIZE: Final = 64 * 1024
 _STOP_WAIT: Final = 0.5
+# How long ffmpeg alone may keep a caller waiting (synthesis_timeout_seconds' default).
+DEFAULT_TIMEOUT: Final = 60.0
 
 
 class TranscodeError(Exception):
@@ -56,25 +58,34 @@ def ffmpeg_arguments(audio_format: str, sample_rate: int) -> list[str]:
 
 
 class Transcoder:
-    """One running ffmpeg: PCM in through write()/close_input(), encoded bytes out through read()."""
+    """One running ffmpeg: PCM in through write()/close_input(), encoded bytes out through read().
 
-    def __init__(self, process: asyncio.subprocess.Process, audio_format: str) -> None:
+    Every wait that depends on ffmpeg alone is bounded by timeout: taking its
+    input, and finishing its output once the input is closed. Output while
+    input still flows waits for the synthesis feeding it, which bounds itself.
+    """
+
+    def __init__(self, process: asyncio.subprocess.Process, audio_format: str,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
         self._process = process
         self.audio_format = audio_format
+        self._timeout = timeout
+        self._input_closed = False
         self._stderr: list[bytes] = []
         self._stderr_task = asyncio.create_task(self._collect_stderr())
 
     @classmethod
-    async def start(cls, executable: str, audio_format: str, sample_rate: int) -> "Transcoder":
-        """Start ffmpeg for one response."""
-        # Own session: a Ctrl-C meant for the daemon must not cut the streams it
+    async def start(cls, executable: str, audio_format: str, sample_rate: int,
+                    timeout: float = DEFAULT_TIMEOUT) -> "Transcoder":
+        """Start ffmpeg for one stream; raises OSError if it cannot start."""
+        # Own process group: a Ctrl-C meant for the daemon must not cut the streams it
         # lets finish during its shutdown grace; ffmpeg still ends when its
         # stdin closes, so it cannot outlive the daemon.
         process = await asyncio.create_subprocess_exec(
             executable, *ffmpeg_arguments(audio_format, sample_rate),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True)
-        return cls(process, audio_format)
+            stderr=asyncio.subprocess.PIPE, process_group=0)
+        return cls(process, audio_format, timeout)
 
     @property
     def pid(self) -> int:
@@ -93,31 +104,45 @@ class Transcoder:
         said = b"".join(self._stderr).decode("utf-8", "replace").strip()
         return TranscodeError(f"ffmpeg {what}: {said or 'no message'}")
 
-    async def write(self, pcm: bytes) -> None:
+    async def write(self, pcm: bytes | memoryview) -> None:
         """Feed PCM; waits while ffmpeg's input pipe is full (so the reader must run concurrently)."""
         assert self._process.stdin is not None
         try:
             self._process.stdin.write(pcm)
-            await self._process.stdin.drain()
+            async with asyncio.timeout(self._timeout):
+                await self._process.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             await self._stderr_settled()
             raise self._error("stopped reading its input") from None
+        except TimeoutError:
+            raise TranscodeError(f"ffmpeg took no input for {self._timeout:g} s") from None
 
     async def close_input(self) -> None:
         """Signal the end of the PCM: ffmpeg flushes and ends its output."""
         assert self._process.stdin is not None
+        self._input_closed = True
         if not self._process.stdin.is_closing():
             self._process.stdin.close()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            await self._process.stdin.wait_closed()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._process.stdin.wait_closed()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except TimeoutError:
+            raise TranscodeError(f"ffmpeg took no input for {self._timeout:g} s") from None
 
     async def read(self) -> bytes:
         """The next piece of encoded output; b"" at the end (after checking ffmpeg succeeded)."""
         assert self._process.stdout is not None
-        data = await self._process.stdout.read(_READ_SIZE)
-        if data:
-            return data
-        code = await self._process.wait()
+        try:
+            # Until the input ends, output waits for synthesis; after, only for ffmpeg.
+            async with asyncio.timeout(self._timeout if self._input_closed else None):
+                data = await self._process.stdout.read(_READ_SIZE)
+                if data:
+                    return data
+                code = await self._process.wait()
+        except TimeoutError:
+            raise TranscodeError(f"ffmpeg did not finish within {self._timeout:g} s") from None
         await self._stderr_settled()
         if code != 0:
             raise self._error(f"exited with status {code}")

@@ -10,12 +10,15 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from idlakd.web.admin import setup_admin
-from idlakd.web.auth import Passwords, auth_middleware, generate_password, load_or_create_secret
+from idlakd.accounts.passwords import Passwords
+from idlakd.accounts.tokens import load_or_create_secret
+from idlakd.accounts.users import ensure_first_admin
+from idlakd.web.admin.pages import setup_admin
+from idlakd.web.auth import auth_middleware
+from idlakd.web.guard import guard_middleware
 from idlakd.config import Config
 from idlakd.web.connections import body_deadline_middleware
 from idlakd.errors import StoreError
-from idlakd.web.ops.health import setup_health
 from idlakd.web.http import error_middleware, on_response_prepare
 from idlakd.web.keys import (config_key, passwords_key, runtime_key, secret_key, store_key,
                          synth_key, throttle_key)
@@ -23,24 +26,13 @@ from idlakd.web.ops.metrics import metrics_middleware, setup_metrics
 from idlakd.web.routes import setup_routes
 from idlakd.web.runtime import Runtime
 from idlakd.store.sqlite import Store
-from idlakd.synth.service import SynthService
+from idlakd.synth.synthesizer import Synthesizer
 from idlakd.accounts.throttle import LoginThrottle
 from idlakd.voices.definitions import load_voice_config
 
 log = logging.getLogger(__name__)
 
-FIRST_ADMIN_UID = "admin"
 VOICE_SYNC_SECONDS = 30
-
-
-async def ensure_first_admin(store: Store, passwords: Passwords) -> str | None:
-    """On an empty database create 'admin' with a random password; return it (else None)."""
-    if await store.count_users() > 0:
-        return None
-    password = generate_password()
-    if not await store.add_user(FIRST_ADMIN_UID, await passwords.hash(password), admin=True):
-        return None  # another process (the CLI) created it first
-    return password
 
 
 async def passwords_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -59,10 +51,10 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         # Make the dummy hash now, so the first login of an unknown uid costs no more than later ones.
         await app[passwords_key].check("", None)
-        password = await ensure_first_admin(store, app[passwords_key])
-        if password is not None:
+        first = await ensure_first_admin(store, app[passwords_key])
+        if first is not None:
             # Printed once to the console, deliberately not through logging (never in a log file).
-            print(f"<User {FIRST_ADMIN_UID}:{password}:True>", flush=True)
+            print(f"<User {first.uid}:{first.password}:{first.admin}>", flush=True)
         if config.voice_config is not None:
             voices = await asyncio.to_thread(load_voice_config, config.voice_config, config)
             changed = await store.upsert_voices(voices)
@@ -92,7 +84,7 @@ async def _retire_stale_pools_forever(app: web.Application) -> None:
 
 
 async def synth_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Start the synthesis service after storage; stop every worker before storage closes."""
+    """Start the synthesizer after storage; stop every worker before storage closes."""
     service = app[synth_key]
     await service.start()
     sync = asyncio.create_task(_retire_stale_pools_forever(app))
@@ -118,8 +110,10 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(
         # metrics outermost, so it times and counts the final status error_middleware produced.
         # body_deadline inside error_middleware: it answers its own 408, nothing logs a traceback.
+        # auth only authenticates (reads the token); guard then enforces the route's access,
+        # before any handler reads a body.
         middlewares=[metrics_middleware, error_middleware, body_deadline_middleware,
-                     auth_middleware],
+                     auth_middleware, guard_middleware],
         client_max_size=config.max_body_bytes,
     )
     app[config_key] = config
@@ -129,9 +123,8 @@ def create_app(config: Config) -> web.Application:
         config.login_max_failures, config.login_max_failures_per_address,
         config.login_window_seconds,
         max_attempts_per_address=config.login_max_attempts_per_address)
-    app[synth_key] = SynthService(config)
+    app[synth_key] = Synthesizer(config)
     setup_metrics(app)
-    setup_health(app)
     setup_routes(app)
     setup_admin(app)
     app.on_response_prepare.append(on_response_prepare)

@@ -1,284 +1,22 @@
-"""Passwords (bcrypt, off the loop), JWT access tokens, the secret file, and route guards."""
+"""Authentication over HTTP: the bearer token of a request, verified and kept on the request.
+
+The auth middleware only authenticates; what a route needs is declared in the route table
+and enforced by idlakd.web.guard.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import collections
-import concurrent.futures
-import contextlib
-import dataclasses
-import hashlib
-import logging
-import math
-import os
-import secrets
-import threading
-import time
-import uuid
-from pathlib import Path
-from typing import Any, Callable, Deque, Final
-
-import bcrypt
-import jwt
 from aiohttp import web
 
-from idlakd.errors import ServiceUnavailable, Unauthorized
-from idlakd.web.http import Handler
-from idlakd.web.keys import (config_key, passwords_key, secret_key, store_key, throttle_key,
-                         token_key, user_id_key)
+from idlakd.accounts.tokens import (INVALID_TOKEN, MISSING_HEADER, TokenClaims, decode_token,
+                                    token_user)
+from idlakd.errors import NotAuthenticated
 from idlakd.models import User
+from idlakd.web.http import Handler
+from idlakd.web.keys import config_key, secret_key, store_key, token_key
 
-log = logging.getLogger(__name__)
-
-ALGORITHM: Final = "HS256"
-BCRYPT_ROUNDS: Final = 12
-BCRYPT_NICE: Final = 10
-SECRET_BYTES: Final = 64
-# More bcrypt threads than this buys nothing for a login page and takes CPU from synthesis.
-MAX_BCRYPT_THREADS: Final = 4
-
-MISSING_HEADER: Final = "Missing Authorization Header"
-INVALID_TOKEN: Final = "Access token is invalid"
-EXPIRED_TOKEN: Final = "Access token has expired"
-NO_SUCH_USER: Final = "The user with such access token does not exist"
-ADMIN_REQUIRED: Final = "Admin permissions required"
-LOGIN_INCORRECT: Final = "Login details are incorrect"
-LOGINS_BUSY: Final = "Too many logins are being checked, try again later"
-
-
-def generate_password() -> str:
-    """A fresh random password: 128 bits, URL-safe text."""
-    return secrets.token_urlsafe(16)
-
-
-def _prehash(password: str) -> bytes:
-    """SHA-256 then base64, so any length works (bcrypt reads at most 72 bytes, none NUL)."""
-    return base64.b64encode(hashlib.sha256(password.encode("utf-8", "surrogatepass")).digest())
-
-
-def hash_password_sync(password: str, rounds: int = BCRYPT_ROUNDS) -> bytes:
-    """bcrypt hash of a password (blocking: call through hash_password on the loop)."""
-    return bcrypt.hashpw(_prehash(password), bcrypt.gensalt(rounds))
-
-
-def check_password_sync(password: str, password_hash: bytes) -> bool:
-    """True when the password matches the hash (blocking)."""
-    try:
-        return bcrypt.checkpw(_prehash(password), password_hash)
-    except ValueError:  # a corrupt stored hash is a failed login, not a crash
-        return False
-
-
-def _yield_cpu_to_the_loop() -> None:
-    """bcrypt thread initializer: a lower priority (Linux: per thread), so the loop keeps its CPU."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BCRYPT_NICE)
-
-
-def bcrypt_threads() -> int:
-    """Threads for bcrypt: the cores this process may run on, at most MAX_BCRYPT_THREADS."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_BCRYPT_THREADS))
-
-
-@dataclasses.dataclass(eq=False)
-class _Job:
-    """One bcrypt call waiting for a thread: what to run, for whom, and who waits for it."""
-
-    key: str
-    func: Callable[..., Any]
-    args: tuple[Any, ...]
-    future: asyncio.Future[Any]
-
-
-class Passwords:
-    """bcrypt on a few niced threads behind a bounded, fair queue; a dummy hash for unknown uids.
-
-    A login flood must neither starve the event loop nor the other clients: at most `threads`
-    hashes run at once on niced threads (requests that need no bcrypt stay fast); at most
-    `max_pending` checks wait, and beyond that a check fails at once with 503. Waiting checks
-    are served round-robin by client address, and a full queue makes room for an address with
-    fewer waiting checks by refusing the newest check of the address with the most, so a
-    flood from a few addresses delays a login from another by a few checks, not by the flood.
-    """
-
-    def __init__(self, rounds: int = BCRYPT_ROUNDS, max_pending: int = 32,
-                 threads: int | None = None) -> None:
-        self.rounds = rounds
-        self.max_pending = max_pending
-        self.threads = threads or bcrypt_threads()
-        self._dummy: bytes | None = None
-        # Threads start lazily, on the first hash: creating the app does no I/O.
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.threads, thread_name_prefix="bcrypt",
-            initializer=_yield_cpu_to_the_loop)
-        self._running = 0
-        # Waiting jobs per key, keys in round-robin order (the next to serve first).
-        self._queues: collections.OrderedDict[str, Deque[_Job]] = collections.OrderedDict()
-        self._queued = 0
-        self._seconds_per_call = 0.0  # moving average, for Retry-After
-
-    def _busy(self) -> ServiceUnavailable:
-        """The 503 for a check that cannot wait: Retry-After is the time to drain the queue."""
-        seconds = (self._queued + self._running) * self._seconds_per_call / self.threads
-        return ServiceUnavailable(LOGINS_BUSY, retry_after=max(1, math.ceil(seconds)))
-
-    def _make_room(self, key: str) -> None:
-        """With the queue full, refuse the newest job of the key with the most waiting, or raise."""
-        mine = len(self._queues.get(key, ()))
-        victim_key = max(self._queues, key=lambda k: len(self._queues[k]))
-        if len(self._queues[victim_key]) <= mine:
-            raise self._busy()
-        victim_queue = self._queues[victim_key]
-        victim = victim_queue.pop()
-        if not victim_queue:
-            del self._queues[victim_key]
-        self._queued -= 1
-        if not victim.future.done():
-            victim.future.set_exception(self._busy())
-
-    async def _run(self, key: str, func: Callable[..., Any], *args: Any,
-                   bounded: bool = True) -> Any:
-        """Run a blocking bcrypt call on the bcrypt threads, queued fairly behind key."""
-        job = _Job(key, func, args, asyncio.get_running_loop().create_future())
-        if self._running < self.threads and not self._queued:
-            self._start(job)
-        else:
-            if bounded and self._queued >= self.max_pending:
-                self._make_room(key)
-            self._queues.setdefault(key, collections.deque()).append(job)
-            self._queued += 1
-        try:
-            return await job.future
-        except asyncio.CancelledError:
-            self._forget(job)  # a caller that gave up frees its place at once
-            raise
-
-    def _forget(self, job: _Job) -> None:
-        """Take a job out of the queue if it is still waiting there."""
-        queue = self._queues.get(job.key)
-        if queue is not None and job in queue:
-            queue.remove(job)
-            self._queued -= 1
-            if not queue:
-                del self._queues[job.key]
-
-    def _start(self, job: _Job) -> None:
-        """Hand a job to a bcrypt thread; its end starts the next one."""
-        self._running += 1
-        started = time.perf_counter()
-        done = asyncio.get_running_loop().run_in_executor(self._executor, job.func, *job.args)
-
-        def finished(result: asyncio.Future[Any]) -> None:
-            self._running -= 1
-            elapsed = time.perf_counter() - started
-            self._seconds_per_call = (elapsed if not self._seconds_per_call
-                                      else 0.8 * self._seconds_per_call + 0.2 * elapsed)
-            if not job.future.done():  # the caller may have been cancelled meanwhile
-                if result.cancelled():
-                    job.future.cancel()
-                elif (exc := result.exception()) is not None:
-                    job.future.set_exception(exc)
-                else:
-                    job.future.set_result(result.result())
-            self._next()
-
-        done.add_done_callback(finished)
-
-    def _next(self) -> None:
-        """Start waiting jobs while threads are free, one key after another."""
-        while self._running < self.threads and self._queues:
-            key, queue = next(iter(self._queues.items()))
-            job = queue.popleft()
-            self._queued -= 1
-            if queue:
-                self._queues.move_to_end(key)  # the next key's turn
-            else:
-                del self._queues[key]
-            if not job.future.done():  # skip callers that gave up while waiting
-                self._start(job)
-
-    async def hash(self, password: str) -> bytes:
-        """Hash a password off the event loop (not refused when busy: only signed-in users hash)."""
-        result: bytes = await self._run("", hash_password_sync, password, self.rounds,
-                                        bounded=False)
-        return result
-
-    async def close(self) -> None:
-        """Let running hashes finish, then stop the bcrypt threads."""
-        await asyncio.to_thread(self._executor.shutdown, True)
-
-    async def check(self, password: str, password_hash: bytes | None, key: str = "") -> bool:
-        """Check a password off the loop; an unknown user costs the same as a wrong password.
-
-        key (the client address) decides the check's place in the queue; raises
-        ServiceUnavailable when too many checks wait already.
-        """
-        if password_hash is None:
-            if self._dummy is None:
-                self._dummy = await self.hash(secrets.token_urlsafe(16))
-            await self._run(key, check_password_sync, password, self._dummy)
-            return False
-        return bool(await self._run(key, check_password_sync, password, password_hash))
-
-
-def load_or_create_secret(path: Path) -> bytes:
-    """Read the signing secret, creating it (mode 0600, never regenerated) on first start."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        secret = path.read_bytes().strip()
-        if len(secret) < 32:
-            raise ValueError(f"secret file {path} is too short; delete it to create a new one")
-        if path.stat().st_mode & 0o077:
-            log.warning("Secret file %s is readable by others; chmod 600 it", path)
-        return secret
-    secret = secrets.token_urlsafe(SECRET_BYTES).encode()
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secret + b"\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    log.info("Created a new token signing secret in %s", path)
-    return secret
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenClaims:
-    """The claims idlakd reads from a verified access token."""
-
-    sub: str
-    jti: str
-    exp: float
-    iat: float | None = None
-
-
-def issue_token(secret: bytes, uid: str, lifetime_seconds: int) -> str:
-    """A signed HS256 access token for uid with iat, nbf, exp and a unique jti."""
-    now = int(time.time())
-    payload = {"sub": uid, "iat": now, "nbf": now, "exp": now + lifetime_seconds,
-               "jti": uuid.uuid4().hex}
-    return jwt.encode(payload, secret, algorithm=ALGORITHM)
-
-
-def decode_token(secret: bytes, token: str) -> TokenClaims:
-    """Verify signature, algorithm and times; raise Unauthorized with the contract's message."""
-    try:
-        claims: dict[str, Any] = jwt.decode(
-            token, secret, algorithms=[ALGORITHM],
-            options={"require": ["sub", "exp", "iat", "nbf", "jti"]})
-    except jwt.ExpiredSignatureError:
-        raise Unauthorized(EXPIRED_TOKEN) from None
-    except jwt.InvalidTokenError:
-        raise Unauthorized(INVALID_TOKEN) from None
-    sub, jti = claims.get("sub"), claims.get("jti")
-    if not isinstance(sub, str) or not isinstance(jti, str):
-        raise Unauthorized(INVALID_TOKEN)
-    return TokenClaims(sub=sub, jti=jti, exp=float(claims["exp"]), iat=float(claims["iat"]))
+# Who every request is when authorization is off (config authorization = false).
+ANONYMOUS = User(uid="anonymous", admin=True)
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -297,58 +35,28 @@ def bearer_token(header: str | None) -> str | None:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate only: verify the token's signature and times, keep the result on the request."""
     token = bearer_token(request.headers.get("Authorization"))
-    result: TokenClaims | Unauthorized
+    result: TokenClaims | NotAuthenticated
     if token is None:
-        result = Unauthorized(MISSING_HEADER)
+        result = NotAuthenticated(MISSING_HEADER)
     elif not token:
-        result = Unauthorized(INVALID_TOKEN)
+        result = NotAuthenticated(INVALID_TOKEN)
     else:
         try:
             result = decode_token(request.app[secret_key], token)
-        except Unauthorized as exc:
+        except NotAuthenticated as exc:
             result = exc
     request[token_key] = result
     return await handler(request)
 
 
-async def require_user(request: web.Request) -> tuple[User, TokenClaims | None]:
-    """The authenticated user and their token claims, or raise the contract's 401."""
+async def token_holder(request: web.Request) -> User:
+    """The user the request's verified token names (still existing, not revoked), or raise 401."""
     if not request.app[config_key].authorization:
-        return User(uid="anonymous", admin=True), None
+        return ANONYMOUS
     result = request[token_key]
-    if isinstance(result, Unauthorized):
+    if isinstance(result, NotAuthenticated):
         raise result
-    # issued_at: a token from before its uid was (re)created names a deleted user, not this one.
-    revoked, user = await request.app[store_key].token_state(result.jti, result.sub, result.iat)
-    if revoked:
-        raise Unauthorized(EXPIRED_TOKEN)
-    if user is None:
-        raise Unauthorized(NO_SUCH_USER)
-    request[user_id_key] = user.uid
-    return user, result
-
-
-async def require_admin(request: web.Request) -> User:
-    """The authenticated admin, or raise 401 (also for a valid non-admin token)."""
-    user, _ = await require_user(request)
-    if not user.admin:
-        raise Unauthorized(ADMIN_REQUIRED)
-    return user
-
-
-async def verify_login(app: web.Application, uid: str, password: str, address: str) -> None:
-    """The one password check (API, password change, admin page): throttled, same cost for all.
-
-    Raises TooManyRequests while uid or address is throttled or the address used its attempts,
-    ServiceUnavailable when too many checks wait already, Unauthorized when wrong.
-    """
-    throttle = app[throttle_key]
-    async with throttle.attempt(uid, address):
-        stored_hash = await app[store_key].get_password_hash(uid)
-        if not await app[passwords_key].check(password, stored_hash, key=address):
-            throttle.failed(uid, address)
-            raise Unauthorized(LOGIN_INCORRECT)
-        throttle.succeeded(uid)
+    return await token_user(request.app[store_key], result)
 
 
 def token_lifetime_seconds(request: web.Request) -> int:

@@ -24,7 +24,8 @@ from aiohttp import StreamReader, web
 from aiohttp.http import HttpProcessingError, RawRequestMessage
 
 from idlakd.config import Config
-from idlakd.web.http import HTTP_MESSAGES, Handler, error_response
+from idlakd.web.access import Handler
+from idlakd.web.http import HTTP_MESSAGES, error_response
 from idlakd.web.keys import config_key, metrics_key, started_response_key
 from idlakd.web.ops.metrics import Metrics
 

@@ -1,4 +1,4 @@
-"""JSON responses, request ids, and the one middleware that turns every failure into JSON."""
+"""JSON responses, request ids, the access log, and the one middleware that answers every failure."""
 
 from __future__ import annotations
 
@@ -6,19 +6,26 @@ import asyncio
 import json
 import logging
 import re
+import time
 import uuid
-from typing import Any, Awaitable, Callable, Final, Mapping
+from typing import Any, Final, Mapping
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from idlakd.errors import APIError
-from idlakd.web.keys import request_id_key, started_response_key, user_id_key
+from idlakd.errors import IdlakdError
+from idlakd.web.access import Handler as Handler  # re-exported: the middlewares' type
+from idlakd.web.admin.pages import error_page, is_admin_path, sign_in_redirect
+from idlakd.web.admin.session import SignInRequired
+from idlakd.web.errors import headers_of, status_of
+from idlakd.web.keys import (access_key, request_id_key, request_start_key, started_response_key,
+                             user_id_key)
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("idlakd.access")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ACCESS_FORMAT: Final = '%s "%s %s" %d %dB %.1fms rid=%s uid=%s'
+# nginx's status for a client that closed the connection before any answer.
+CLIENT_CLOSED: Final = 499
 
 _REQUEST_ID_RE: Final = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -84,13 +91,36 @@ def _cut_started_stream(request: web.Request, response: web.StreamResponse,
     return response
 
 
+def wants_page(request: web.Request) -> bool:
+    """Whether errors are an HTML page: the admin page's routes, except its fetch() calls."""
+    if not is_admin_path(request.path):
+        return False
+    return request.app[access_key].get(request.match_info.route) != "fetch"
+
+
+def _http_error(request: web.Request, exc: web.HTTPException, page: bool) -> web.Response:
+    """An error aiohttp raised itself (404, 405, 413...), with its meaningful headers."""
+    message = http_exception_message(exc, request)
+    kept = {k: v for k, v in exc.headers.items()
+            if k.lower() in ("allow", "retry-after", "www-authenticate")}
+    # An admin URL typed into a browser gets a page; API clients keep the contract's JSON.
+    if page and "text/html" in request.headers.get("Accept", ""):
+        response = error_page(request, exc.status, message)
+        response.headers.update({k: v for k, v in kept.items() if k.lower() != "www-authenticate"})
+        return response
+    return error_response(exc.status, message, kept)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Translate APIError, aiohttp's HTTP errors and crashes into {"message"} JSON."""
+    """Every failure becomes the contract's {"message"} JSON, or an HTML page on /admin."""
     request_id(request)
     try:
         return await handler(request)
     except asyncio.CancelledError:
+        # aiohttp writes no access line for a handler cancelled because its client left
+        # (handler_cancellation) or at the end of the shutdown grace: write it here.
+        log_cancelled(request)
         raise
     except Exception as exc:
         started = request.get(started_response_key)
@@ -98,17 +128,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return _cut_started_stream(request, started, exc)
         if isinstance(exc, ConnectionError):  # the client is gone: nobody to answer
             raise
-        if isinstance(exc, APIError):
-            return error_response(exc.status, exc.message, exc.headers, exc.code)
+        page = wants_page(request)
+        if isinstance(exc, SignInRequired):
+            return sign_in_redirect(request, exc.reason)
+        if isinstance(exc, IdlakdError):
+            if page:
+                response = error_page(request, status_of(exc), exc.message)
+                response.headers.update(headers_of(exc))
+                return response
+            return error_response(status_of(exc), exc.message, headers_of(exc), exc.code)
         if isinstance(exc, web.HTTPException):
             if exc.status < 400:
                 raise
-            headers = {k: v for k, v in exc.headers.items()
-                       if k.lower() in ("allow", "retry-after", "www-authenticate")}
-            return error_response(exc.status, http_exception_message(exc, request), headers)
+            return _http_error(request, exc, page)
         # The one broad except: log the traceback with the request id, never send it.
         log.exception("Unhandled error in %s %s [request %s]",
                       request.method, request.path, request[request_id_key])
+        if page:
+            return error_page(request, 500, HTTP_MESSAGES[500])
         return error_response(500, HTTP_MESSAGES[500])
 
 
@@ -118,13 +155,25 @@ async def on_response_prepare(request: web.Request, response: web.StreamResponse
     request[started_response_key] = response
 
 
+def log_cancelled(request: web.Request) -> None:
+    """The access line of a request whose handler was cancelled: the status it had sent, else 499."""
+    started = request.get(started_response_key)
+    status = started.status if started is not None else CLIENT_CLOSED
+    size = started.body_length if started is not None else 0
+    began = request.get(request_start_key)
+    took = time.perf_counter() - began if began is not None else 0.0
+    access_log.info(ACCESS_FORMAT, request.remote or "-", request.method,
+                    request.rel_url.raw_path, status, size, took * 1000,
+                    request.get(request_id_key, "-"), request.get(user_id_key, "-"))
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request: method, path, status, bytes, duration, request id, user id."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Write the line; never headers, bodies, tokens or query strings (they may hold text)."""
         self.logger.info(
-            '%s "%s %s" %d %dB %.1fms rid=%s uid=%s',
+            ACCESS_FORMAT,
             # raw_path: still percent-encoded, so a %0A in the URL cannot forge a log line.
             request.remote or "-", request.method, request.rel_url.raw_path, response.status,
             response.body_length, time * 1000, request.get(request_id_key, "-"),

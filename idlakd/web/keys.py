@@ -1,39 +1,49 @@
-"""Every typed key of the app and of requests, in one place."""
+"""Every typed key of the app and of requests, in one place.
+
+Types come from lower layers or from web modules that import no keys, so that no module
+imported here imports this one back.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Mapping
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRoute
 
+from idlakd.accounts.passwords import Passwords
+from idlakd.accounts.throttle import LoginThrottle
+from idlakd.accounts.tokens import TokenClaims
 from idlakd.config import Config
+from idlakd.errors import NotAuthenticated
+from idlakd.models import User
+from idlakd.store.sqlite import Store
+from idlakd.synth.synthesizer import Synthesizer
+from idlakd.web.access import Access
+from idlakd.web.admin.flashes import Flashes
+from idlakd.web.admin.signing import AdminSession
+from idlakd.web.runtime import Runtime
 
 if TYPE_CHECKING:
-    from idlakd.web.admin.session import Flashes
-    from idlakd.web.auth import Passwords, TokenClaims
-    from idlakd.errors import Unauthorized
-    from idlakd.web.ops.health import WorkerProbe
-    from idlakd.web.ops.metrics import Metrics
-    from idlakd.web.runtime import Runtime
-    from idlakd.store.sqlite import Store
-    from idlakd.synth.service import SynthService
-    from idlakd.accounts.throttle import LoginThrottle
+    from idlakd.web.ops.instruments import Metrics
 
 config_key: Final = web.AppKey("config", Config)
-store_key: Final = web.AppKey["Store"]("store")
+store_key: Final = web.AppKey("store", Store)
 secret_key: Final = web.AppKey("secret", bytes)
-passwords_key: Final = web.AppKey["Passwords"]("passwords")
-throttle_key: Final = web.AppKey["LoginThrottle"]("throttle")
-synth_key: Final = web.AppKey["SynthService"]("synth")
-runtime_key: Final = web.AppKey["Runtime"]("runtime")
+passwords_key: Final = web.AppKey("passwords", Passwords)
+throttle_key: Final = web.AppKey("throttle", LoginThrottle)
+synth_key: Final = web.AppKey("synth", Synthesizer)
+runtime_key: Final = web.AppKey("runtime", Runtime)
 metrics_key: Final = web.AppKey["Metrics"]("metrics")
-health_key: Final = web.AppKey["WorkerProbe"]("health")
-admin_flashes_key: Final = web.AppKey["Flashes"]("admin_flashes")
+admin_flashes_key: Final = web.AppKey("admin_flashes", Flashes)
+access_key: Final = web.AppKey["Mapping[AbstractRoute, Access]"]("access")
 
 request_id_key: Final = web.RequestKey("request_id", str)
 user_id_key: Final = web.RequestKey("user_id", str)
 started_response_key: Final = web.RequestKey("started_response", web.StreamResponse)
 request_start_key: Final = web.RequestKey("request_start", float)
-token_key: Final = web.RequestKey["TokenClaims | Unauthorized"]("token")
+token_key: Final = web.RequestKey["TokenClaims | NotAuthenticated"]("token")
+# Set by the guard: who is calling a user/admin route, and the admin page's session.
+user_key: Final = web.RequestKey("user", User)
+admin_session_key: Final = web.RequestKey("admin_session", AdminSession)
 
-disconnect_counted_key: Final = web.ResponseKey("disconnect_counted", bool)

@@ -1,37 +1,68 @@
-"""The route table: every verb, path and who may call it, on one screen."""
+"""The route table: every verb, path and who may call it, on one screen; web.guard enforces it."""
 
 from __future__ import annotations
 
+from typing import Final
+
 from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRoute
 
-from idlakd.web.ops import health, metrics, openapi
+from idlakd.web.access import Access, Route
+from idlakd.web.admin import views as admin
 from idlakd.web.api import auth, speech, users, voices
-from idlakd.web.http import Handler
+from idlakd.web.keys import access_key
+from idlakd.web.ops import health, metrics, openapi
 
-# path                                 handler                  access
-ROUTES: tuple[tuple[str, str, Handler, str], ...] = (
-    ("POST",   "/auth",                      auth.login,            "public"),
-    ("POST",   "/auth/expire",               auth.expire,           "user"),
-    ("POST",   "/auth/password",             auth.change_password,  "user"),
-    ("GET",    "/users",                     users.list_users,      "admin"),
-    ("POST",   "/users",                     users.create_user,     "admin"),
-    ("POST",   "/users/{uid}/password",      users.reset_password,  "admin"),
-    ("DELETE", "/users/{uid}",               users.delete_user,     "admin"),
-    ("POST",   "/users/{uid}/admin",         users.toggle_admin,    "admin"),
-    ("GET",    "/languages",                 voices.languages,      "public"),
-    ("GET",    "/languages/{iso}/accents",   voices.accents,        "public"),
-    ("GET",    "/voices",                    voices.list_voices,    "public"),
-    ("POST",   "/voices",                    voices.query_voices,   "public"),
-    ("GET",    "/voices/{voice_id}",         voices.get_voice,      "public"),
-    ("POST",   "/speech",                    speech.speech,         "user"),
-    ("GET",    "/healthz",                   health.healthz,        "public"),
-    ("GET",    "/readyz",                    health.readyz,         "public"),
-    ("GET",    "/metrics",                   metrics.metrics_handler, "local"),
-    ("GET",    "/openapi.json",              openapi.openapi_json,  "public"),
-    ("GET",    "/docs",                      openapi.docs_page,     "public"),
+# verb      path                          handler                    access
+ROUTES: Final[tuple[Route, ...]] = (
+    Route("POST",   "/auth",                      auth.login,              "public"),
+    Route("POST",   "/auth/expire",               auth.expire,             "user"),
+    Route("POST",   "/auth/password",             auth.change_password,    "user"),
+    Route("GET",    "/users",                     users.list_users,        "admin"),
+    Route("POST",   "/users",                     users.create_user,       "admin"),
+    Route("POST",   "/users/{uid}/password",      users.reset_password,    "admin"),
+    Route("DELETE", "/users/{uid}",               users.delete_user,       "admin"),
+    Route("POST",   "/users/{uid}/admin",         users.toggle_admin,      "admin"),
+    Route("GET",    "/languages",                 voices.languages,        "public"),
+    Route("GET",    "/languages/{iso}/accents",   voices.accents,          "public"),
+    Route("GET",    "/voices",                    voices.list_voices,      "public"),
+    Route("POST",   "/voices",                    voices.query_voices,     "public"),
+    Route("GET",    "/voices/{voice_id}",         voices.get_voice,        "public"),
+    Route("POST",   "/speech",                    speech.speech,           "user"),
+    Route("GET",    "/healthz",                   health.healthz,          "public"),
+    Route("GET",    "/readyz",                    health.readyz,           "public"),
+    Route("GET",    "/metrics",                   metrics.metrics_handler, "local"),
+    Route("GET",    "/openapi.json",              openapi.openapi_json,    "public"),
+    Route("GET",    "/docs",                      openapi.docs_page,       "public"),
+)
+
+# The admin page (HTML, a session cookie instead of a token). Sign-in checks the CSRF token
+# of its own form (bound to a nonce cookie); sign-out ends whatever session the cookie names.
+ADMIN_ROUTES: Final[tuple[Route, ...]] = (
+    Route("GET",  "/admin",                          admin.status_page,          "page"),
+    Route("GET",  "/admin/",                         admin.status_page,          "page"),
+    Route("GET",  "/admin/login",                    admin.login_page,           "public"),
+    Route("POST", "/admin/login",                    admin.login,                "public"),
+    Route("POST", "/admin/logout",                   admin.logout,               "public"),
+    Route("GET",  "/admin/users",                    admin.users_page,           "page"),
+    Route("POST", "/admin/users",                    admin.create_user,          "form"),
+    Route("POST", "/admin/users/password",           admin.reset_password,       "form"),
+    Route("POST", "/admin/users/admin",              admin.toggle_admin,         "form"),
+    Route("GET",  "/admin/users/delete",             admin.confirm_delete_user,  "page"),
+    Route("POST", "/admin/users/delete",             admin.delete_user,          "form"),
+    Route("GET",  "/admin/voices",                   admin.voices_page,          "page"),
+    Route("POST", "/admin/voices",                   admin.add_voice,            "form"),
+    Route("GET",  "/admin/voices/{voice_id}",        admin.voice_page,           "page"),
+    Route("GET",  "/admin/voices/{voice_id}/remove", admin.confirm_remove_voice, "page"),
+    Route("POST", "/admin/voices/{voice_id}/remove", admin.remove_voice,         "form"),
+    Route("POST", "/admin/speech",                   admin.speech,               "fetch"),
+    Route("GET",  "/admin/static/{name}",            admin.static,               "public"),
 )
 
 
 def setup_routes(app: web.Application) -> None:
-    """Register the API routes (the access column is enforced inside each handler)."""
-    app.add_routes([web.route(method, path, handler) for method, path, handler, _ in ROUTES])
+    """Register every route and remember its access for the guard."""
+    access: dict[AbstractRoute, Access] = {}
+    for route in ROUTES + ADMIN_ROUTES:
+        access[app.router.add_route(route.method, route.path, route.handler)] = route.access
+    app[access_key] = access

@@ -55,6 +55,9 @@ async def run_daemon(config: Config) -> None:
     runner = ConnectionRunner(
         app, ConnectionLimits.from_config(config), handle_signals=False,
         access_log_class=AccessLogger, access_log=logging.getLogger("idlakd.access"),
+        # A client that disconnects cancels its handler at once: a /speech door stops its
+        # workers and ffmpeg then, not at its next write (stream:false writes only at the end).
+        handler_cancellation=True,
         # aiohttp waits this long for running handlers (streams included), then cancels them.
         shutdown_timeout=config.shutdown_grace_seconds)
     loop = asyncio.get_running_loop()

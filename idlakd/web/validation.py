@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import unicodedata
 from typing import Any, Final, Sequence
 
 from aiohttp import web
 
-from idlakd.errors import BadRequest, Unprocessable
+from idlakd.errors import MalformedRequest, InvalidRequest
 
 MISSING: Final = "Missing data for required field."
 NOT_STRING: Final = "Not a valid string."
@@ -24,17 +23,17 @@ async def json_object(request: web.Request, optional: bool = False) -> dict[str,
     try:
         raw = await request.read()
     except web.RequestPayloadError:  # e.g. Content-Encoding: gzip on a body that is not gzip
-        raise BadRequest(INVALID_JSON) from None
+        raise MalformedRequest(INVALID_JSON) from None
     if not raw.strip():
         if optional:
             return {}
-        raise Unprocessable(NOT_OBJECT)
+        raise InvalidRequest(NOT_OBJECT)
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        raise BadRequest(INVALID_JSON) from None
+        raise MalformedRequest(INVALID_JSON) from None
     if not isinstance(body, dict):
-        raise Unprocessable(NOT_OBJECT)
+        raise InvalidRequest(NOT_OBJECT)
     return body
 
 
@@ -88,7 +87,7 @@ class Fields:
     def check(self) -> None:
         """Raise one 422 listing every bad field, if any."""
         if self.errors:
-            raise Unprocessable(", ".join(self.errors))
+            raise InvalidRequest(", ".join(self.errors))
 
 
 def _is_utf8(value: str) -> bool:
@@ -98,55 +97,3 @@ def _is_utf8(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-# Uids of new users: see normalise_uid. Older uids in the database keep working as stored.
-UID_MAX_LENGTH: Final = 64
-UID_PUNCTUATION: Final = frozenset("._@-")
-UID_RULE: Final = ("Must be 1 to 64 characters (after NFKC normalisation): letters of one "
-                   "script, digits 0-9 and '._@-' only, not '.' or '..'.")
-# Scripts that may share a uid with Latin letters (Unicode TS 39, 'highly restrictive').
-_SCRIPT_SETS: Final = (frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}),
-                       frozenset({"LATIN", "HAN", "BOPOMOFO"}),
-                       frozenset({"LATIN", "HAN", "HANGUL"}))
-# Character-name prefixes that do not name their script.
-_SCRIPT_ALIASES: Final = {"CJK": "HAN", "IDEOGRAPHIC": "HAN", "KATAKANA-HIRAGANA": "KATAKANA"}
-
-
-def _script(char: str) -> str | None:
-    """The script of a letter, from the first word of its Unicode name (None: no name)."""
-    name = unicodedata.name(char, "")
-    if not name:
-        return None
-    first = name.split(" ", 1)[0]
-    return _SCRIPT_ALIASES.get(first, first)
-
-
-def normalise_uid(raw: str) -> str | None:
-    """The uid a new user gets for raw (its NFKC form), or None when that breaks UID_RULE.
-
-    NFKC folds compatibility look-alikes (full-width 'ａｄｍｉｎ' is 'admin', so it collides
-    with an existing 'admin') and composes accents ('n' + U+0300 is one letter 'ǹ'); marks
-    that compose with nothing are refused, as are invisible and format characters, digits
-    other than 0-9, and letters from two scripts ('аdmin' with a Cyrillic 'а'), except Latin
-    with Han and kana, Bopomofo or Hangul. Modifier letters count only in Han and kana.
-    """
-    if len(raw) > MAX_FIELD_LENGTH:  # bound the work before normalising
-        return None
-    uid = unicodedata.normalize("NFKC", raw)
-    if not 0 < len(uid) <= UID_MAX_LENGTH or uid in (".", ".."):
-        return None
-    scripts: set[str] = set()
-    for char in uid:
-        if char in UID_PUNCTUATION or "0" <= char <= "9":
-            continue
-        category = unicodedata.category(char)
-        script = _script(char)
-        if not category.startswith("L") or script is None:
-            return None
-        if category == "Lm" and script not in ("HAN", "HIRAGANA", "KATAKANA"):
-            return None  # e.g. U+02BC, which looks like an apostrophe
-        scripts.add(script)
-    if len(scripts) > 1 and not any(scripts <= allowed for allowed in _SCRIPT_SETS):
-        return None
-    return uid

@@ -42,10 +42,6 @@ EXIT_FATAL: Final = protocol.EXIT_FATAL
 # C0/C1 control characters other than tab, LF and CR (eSpeak reads U+0001 as a command).
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
-#: The fd carrying protocol frames once guard_stdout() ran (the test stand-in's
-#: garbage trigger looks it up here to prove the parent rejects a bad frame).
-protocol_fd: int | None = None
-
 
 def worker_argv(engine: str, directory: str = "", options: dict[str, Any] | None = None,
                 idlak_root: Path | None = None, name: str = "",
@@ -98,14 +94,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def guard_stdout() -> BinaryIO:
     """Move the real stdout to a private fd for frames; point fd 1 and sys.stdout at stderr."""
-    global protocol_fd
     sys.stdout.flush()
     # os.dup makes the copy non-inheritable, so programs the engine starts
     # cannot write into the protocol stream either.
-    protocol_fd = os.dup(1)
+    private = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    return open(protocol_fd, "wb", closefd=True)
+    return open(private, "wb", closefd=True)
 
 
 def _frames(data: bytes) -> Iterator[bytes]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import inspect
 import json
 import math
 import re
@@ -15,28 +13,32 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from idlakd.web.admin.session import (
-    CSRF_FIELD, CSRF_HEADER, LOGIN_COOKIE, LOGIN_FORM_SECONDS, SESSION_COOKIE, AdminSession,
-    Flash, clear_cookie, csrf_ok, csrf_token, current_session, issue_session, login_nonce,
-    set_cookie)
-from idlakd.web.api import speech as speech_api
-from idlakd.web.api.users import (add_user, check_new_user, remove_user, reset_user_password,
-                              toggle_user_admin)
-from idlakd.web.auth import ADMIN_REQUIRED, token_lifetime_seconds, verify_login
-from idlakd.errors import (Forbidden, NotFound, ServiceUnavailable, TooManyRequests,
-                           Unauthorized, Unprocessable)
-from idlakd.web.keys import (admin_flashes_key, config_key, runtime_key, secret_key,
-                         store_key, synth_key, token_key, user_id_key)
+from idlakd.accounts import users as accounts
+from idlakd.accounts.logins import verify_login
+from idlakd.accounts.tokens import ADMIN_REQUIRED
+from idlakd.errors import (Busy, NotAuthenticated, NotFound, NotPermitted,
+                           RateLimited)
 from idlakd.models import ENGINES, GENDERS, Voice
+from idlakd.synth.stats import SynthStats
 from idlakd.synth.transcode import FORMATS
-from idlakd.web.validation import Fields
 from idlakd.voices.definitions import VoiceDefinitionError, voice_from_entry
+from idlakd.web.admin.flashes import Flash
+from idlakd.web.admin.session import (CSRF_FIELD, LOGIN_COOKIE, LOGIN_FORM_SECONDS,
+                                      SESSION_COOKIE, clear_cookie, current_session, set_cookie)
+from idlakd.web.admin.signing import (AdminSession, csrf_ok, csrf_token, issue_session,
+                                      login_nonce)
+from idlakd.web.api import speech as speech_api
+from idlakd.web.audio import answer_speech, read_speech_request
+from idlakd.web.auth import token_lifetime_seconds
+from idlakd.web.errors import headers_of, status_of
+from idlakd.web.guard import FORM_EXPIRED, SESSION_ENDED, form_text as _text
+from idlakd.web.keys import (admin_flashes_key, admin_session_key, config_key, passwords_key,
+                             runtime_key, secret_key, store_key, synth_key, throttle_key,
+                             user_id_key)
+from idlakd.web.validation import Fields
 
-FORM_EXPIRED: Final = ("This form has expired or did not come from this page (CSRF check "
-                       "failed). Reload the page and try again.")
 NOT_ADMIN: Final = (f"{ADMIN_REQUIRED}: this page is for admins only. Other users use the "
                     "API with their own token.")
-SESSION_ENDED: Final = "Your session has ended: sign in again."
 LOGIN_MESSAGES: Final[Mapping[str, tuple[str, str]]] = {
     "signed-out": ("ok", "You have signed out."),
     "expired": ("error", SESSION_ENDED),
@@ -47,54 +49,14 @@ VOICE_FIELDS: Final = ("id", "name", "gender", "engine", "dir", "lang", "acc", "
 _NONCE_RE: Final = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
-class SignInRequired(Exception):
-    """No usable admin session: the middleware redirects to the sign-in page."""
-
-    def __init__(self, reason: str | None) -> None:
-        super().__init__(reason or "")
-        self.reason = reason
-
-
-def templates_dir() -> Path:
-    """The admin templates: the idlakd.templates package when installed, else ./templates."""
-    spec = importlib.util.find_spec("idlakd.templates")
-    if spec is not None and spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
-    # Running from a source checkout: setup.py maps top-level templates/ onto the package.
-    return Path(__file__).resolve().parent.parent.parent / "templates"
-
-
-def _text(form: Mapping[str, Any], name: str) -> str:
-    """A text field of a posted form ('' when absent or a file)."""
-    value = form.get(name)
-    return value if isinstance(value, str) else ""
-
-
 def _see_other(location: str) -> web.Response:
     """A 303 redirect after a POST (post/redirect/get)."""
     return web.Response(status=303, headers={"Location": location})
 
 
-async def admin_session(request: web.Request) -> AdminSession:
-    """The signed-in admin's session, or raise SignInRequired."""
-    session, is_admin = await current_session(request)
-    if session is None:
-        raise SignInRequired("expired" if request.cookies.get(SESSION_COOKIE) else None)
-    if not is_admin:
-        # Admin rights were taken away since sign-in: end this session for good.
-        await request.app[store_key].revoke_token(session.jti, session.exp)
-        raise SignInRequired("not-admin")
-    request[user_id_key] = session.uid
-    return session
-
-
-async def admin_form(request: web.Request) -> tuple[AdminSession, Mapping[str, Any]]:
-    """The session and posted form of an admin action, after the CSRF check."""
-    session = await admin_session(request)
-    form = await request.post()
-    if not csrf_ok(request.app[secret_key], session.jti, _text(form, CSRF_FIELD)):
-        raise Forbidden(FORM_EXPIRED)
-    return session, form
+def _session(request: web.Request) -> AdminSession:
+    """The signed-in admin's session (the guard let only such requests in)."""
+    return request[admin_session_key]
 
 
 def render(request: web.Request, template: str, session: AdminSession | None,
@@ -158,10 +120,12 @@ async def login(request: web.Request) -> web.Response:
                           status=422)
     assert uid is not None and password is not None
     try:
-        await verify_login(request.app, uid, password, request.remote or "unknown")
-    except (TooManyRequests, ServiceUnavailable, Unauthorized) as exc:
-        return login_form(request, ("error", exc.message), uid=uid, status=exc.status,
-                          headers={k: v for k, v in exc.headers.items() if k == "Retry-After"})
+        await verify_login(request.app[throttle_key], request.app[store_key],
+                           request.app[passwords_key], uid, password,
+                           request.remote or "unknown")
+    except (RateLimited, Busy, NotAuthenticated) as exc:
+        return login_form(request, ("error", exc.message), uid=uid, status=status_of(exc),
+                          headers={k: v for k, v in headers_of(exc).items() if k == "Retry-After"})
     request[user_id_key] = uid
     user = await request.app[store_key].get_user(uid)
     if user is None or not user.admin:
@@ -180,7 +144,7 @@ async def logout(request: web.Request) -> web.Response:
     if session is not None:
         form = await request.post()
         if not csrf_ok(request.app[secret_key], session.jti, _text(form, CSRF_FIELD)):
-            raise Forbidden(FORM_EXPIRED)
+            raise NotPermitted(FORM_EXPIRED)
         await request.app[store_key].revoke_token(session.jti, session.exp)
         request.app[admin_flashes_key].forget(session.jti)
     response = _see_other("/admin/login?m=signed-out")
@@ -202,63 +166,52 @@ def _duration(seconds: float) -> str:
     return " ".join(parts)
 
 
-def _value(value: Any) -> str:
+def _value(value: float | int | bool | str) -> str:
     """One statistic as short text."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.3g}" if math.isfinite(value) else str(value)
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_value(v) for v in value) or "none"
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}: {_value(v)}" for k, v in value.items()) or "none"
-    text = "—" if value is None else str(value)
-    return text if len(text) <= 200 else text[:199] + "…"
+    return str(value)
 
 
-def _label(key: Any) -> str:
-    """A statistic's key as a label."""
-    text = str(key).replace("_", " ")
-    return text[:1].upper() + text[1:]
+# (label, field of PoolStats) for the per-voice table, in column order.
+_VOICE_COLUMNS: Final = (("Version", "version"), ("Workers", "workers"), ("Busy", "busy"),
+                         ("Idle", "idle"), ("Syntheses", "syntheses"), ("Errors", "errors"),
+                         ("Synthesis seconds", "synthesis_seconds"),
+                         ("Audio seconds", "audio_seconds"), ("Retired", "retired"))
 
 
-def describe_stats(stats: Any) -> dict[str, Any]:
-    """Whatever the synthesis service reports, as plain rows, groups and tables for the page."""
-    view: dict[str, Any] = {"rows": [], "groups": [], "tables": []}
-    if not isinstance(stats, Mapping):
-        if stats is not None:
-            view["rows"].append(("Report", _value(stats)))
-        return view
-    for key, value in stats.items():
-        if isinstance(value, Mapping) and value and all(isinstance(v, Mapping)
-                                                         for v in value.values()):
-            columns: list[str] = []
-            for inner in value.values():
-                columns.extend(str(c) for c in inner if str(c) not in columns)
-            cells = {str(name): {str(k): v for k, v in inner.items()}
-                     for name, inner in value.items()}
-            rows = [(name, [_value(row[c]) if c in row else "—" for c in columns])
-                    for name, row in cells.items()]
-            view["tables"].append((_label(key), [_label(c) for c in columns], rows))
-        elif isinstance(value, Mapping) and value:
-            view["groups"].append((_label(key), [(_label(k), _value(v)) for k, v in value.items()]))
-        else:
-            view["rows"].append((_label(key), _value(value)))
-    return view
-
-
-async def synthesis_stats(app: web.Application) -> Any:
-    """The synthesis service's stats() (sync or async), or None when it offers none."""
-    stats = getattr(app[synth_key], "stats", None)
-    if not callable(stats):
-        return None
-    result = stats()
-    return await result if inspect.isawaitable(result) else result
+def describe_stats(stats: SynthStats) -> dict[str, Any]:
+    """The synthesizer's figures as the page's rows, groups and tables."""
+    factor = stats.real_time_factor
+    rows = [("Requests", stats.requests), ("Failures", stats.failures),
+            ("Disconnects", stats.disconnects), ("Streams open", stats.streams),
+            ("Chunks running", stats.running), ("Queue", stats.queue),
+            ("Syntheses", stats.syntheses), ("Synthesis seconds", stats.synthesis_seconds),
+            ("Audio seconds", stats.audio_seconds),
+            ("Real-time factor", "—" if factor is None else factor),
+            ("Retired workers", stats.retired_workers), ("Transcoders", stats.transcoders)]
+    limits = [("Max concurrent", stats.max_concurrent), ("Max queue", stats.max_queue),
+              ("Max streams", stats.max_streams)]
+    cache = stats.cache
+    groups = [("Limits", [(label, _value(value)) for label, value in limits])]
+    if cache.enabled:
+        groups.append(("Cache", [(label, _value(value)) for label, value in (
+            ("Files", cache.files), ("Bytes", cache.bytes), ("Max bytes", cache.max_bytes),
+            ("Hits", cache.hits), ("Misses", cache.misses))]))
+    tables = []
+    if stats.voices:
+        tables.append(("Voices", [label for label, _field in _VOICE_COLUMNS],
+                       [(voice_id, [_value(getattr(pool, field)) for _label, field in _VOICE_COLUMNS])
+                        for voice_id, pool in stats.voices.items()]))
+    return {"rows": [(label, _value(value)) for label, value in rows], "groups": groups,
+            "tables": tables}
 
 
 async def status_page(request: web.Request) -> web.Response:
     """GET /admin: uptime, version, users and voices, and the synthesis service's figures."""
-    session = await admin_session(request)
+    session = _session(request)
     runtime = request.app[runtime_key]
     store = request.app[store_key]
     users = await store.list_users()
@@ -271,7 +224,7 @@ async def status_page(request: web.Request) -> web.Response:
         "user_count": len(users),
         "admin_count": sum(1 for u in users if u.admin),
         "voice_count": len(voices),
-        "stats": describe_stats(await synthesis_stats(request.app)),
+        "stats": describe_stats(request.app[synth_key].stats()),
     })
 
 
@@ -279,34 +232,34 @@ async def status_page(request: web.Request) -> web.Response:
 
 async def users_page(request: web.Request) -> web.Response:
     """GET /admin/users: every user, the create form and per-user actions."""
-    session = await admin_session(request)
+    session = _session(request)
     users = await request.app[store_key].list_users()
     return render(request, "users.html", session, {"active": "users", "users": users})
 
 
 async def create_user(request: web.Request) -> web.Response:
     """POST /admin/users: create a user with the API's rules; its password is shown once."""
-    session, form = await admin_form(request)
+    session, form = _session(request), await request.post()
     try:
-        wanted, admin = check_new_user({"uid": _text(form, "uid") or None,
-                                        "admin": _text(form, "admin") == "on"})
-        uid, password = await add_user(request.app, wanted, admin)
-    except Unprocessable as exc:
+        created = await accounts.create_user(request.app[store_key], request.app[passwords_key],
+                                          _text(form, "uid") or None, _text(form, "admin") == "on")
+    except accounts.UserError as exc:
         flash(request, session, "error", exc.message)
     else:
-        kind = "admin" if admin else "user"
-        flash(request, session, "ok", f"Created {kind} '{uid}'.", secret=password,
-              secret_label=f"Password of '{uid}'")
+        kind = "admin" if created.admin else "user"
+        flash(request, session, "ok", f"Created {kind} '{created.uid}'.", secret=created.password,
+              secret_label=f"Password of '{created.uid}'")
     return _see_other("/admin/users")
 
 
 async def reset_password(request: web.Request) -> web.Response:
     """POST /admin/users/password: a new generated password, shown once."""
-    session, form = await admin_form(request)
+    session, form = _session(request), await request.post()
     uid = _text(form, "uid")
     try:
-        password = await reset_user_password(request.app, uid)
-    except Unprocessable as exc:
+        password = await accounts.reset_password(request.app[store_key],
+                                              request.app[passwords_key], uid)
+    except accounts.UserError as exc:
         flash(request, session, "error", exc.message)
     else:
         flash(request, session, "ok", f"New password for '{uid}'; the old one no longer works.",
@@ -316,11 +269,11 @@ async def reset_password(request: web.Request) -> web.Response:
 
 async def toggle_admin(request: web.Request) -> web.Response:
     """POST /admin/users/admin: toggle the admin flag (the last admin stays admin)."""
-    session, form = await admin_form(request)
+    session, form = _session(request), await request.post()
     uid = _text(form, "uid")
     try:
-        admin = await toggle_user_admin(request.app, uid)
-    except Unprocessable as exc:
+        admin = await accounts.toggle_admin(request.app[store_key], uid)
+    except accounts.UserError as exc:
         flash(request, session, "error", exc.message)
     else:
         flash(request, session, "ok",
@@ -330,7 +283,7 @@ async def toggle_admin(request: web.Request) -> web.Response:
 
 async def confirm_delete_user(request: web.Request) -> web.Response:
     """GET /admin/users/delete?uid=: ask before deleting."""
-    session = await admin_session(request)
+    session = _session(request)
     uid = request.query.get("uid", "")
     user = await request.app[store_key].get_user(uid)
     if user is None:
@@ -346,11 +299,11 @@ async def confirm_delete_user(request: web.Request) -> web.Response:
 
 async def delete_user(request: web.Request) -> web.Response:
     """POST /admin/users/delete: delete a user (never the last admin)."""
-    session, form = await admin_form(request)
+    session, form = _session(request), await request.post()
     uid = _text(form, "uid")
     try:
-        await remove_user(request.app, uid)
-    except Unprocessable as exc:
+        await accounts.delete_user(request.app[store_key], uid)
+    except accounts.UserError as exc:
         flash(request, session, "error", exc.message)
     else:
         flash(request, session, "ok", f"User '{uid}' has been deleted")
@@ -371,7 +324,7 @@ def _voice_problems(voices: list[Voice], idlak_root: Path | None) -> dict[str, s
 async def voices_page(request: web.Request, form: Mapping[str, str] | None = None,
                       error: str | None = None) -> web.Response:
     """GET /admin/voices: voices with their files' state, the add form and the try-it box."""
-    session = await admin_session(request)
+    session = _session(request)
     voices = await request.app[store_key].list_voices()
     problems = await asyncio.to_thread(_voice_problems, voices, request.app[config_key].idlak_root)
     return render(request, "voices.html", session, {
@@ -406,7 +359,7 @@ def _voice_entry(form: Mapping[str, str]) -> dict[str, Any]:
 
 async def add_voice(request: web.Request) -> web.Response:
     """POST /admin/voices: add or update a voice, checked like `idlakd voice add`."""
-    session, posted = await admin_form(request)
+    session, posted = _session(request), await request.post()
     form = {name: _text(posted, name) for name in VOICE_FIELDS}
     config = request.app[config_key]
     try:
@@ -431,7 +384,7 @@ async def _voice_or_404(request: web.Request) -> Voice:
 
 async def voice_page(request: web.Request) -> web.Response:
     """GET /admin/voices/{voice_id}: one voice's details and a try-it box."""
-    session = await admin_session(request)
+    session = _session(request)
     voice = await _voice_or_404(request)
     problems = await asyncio.to_thread(_voice_problems, [voice],
                                        request.app[config_key].idlak_root)
@@ -443,7 +396,7 @@ async def voice_page(request: web.Request) -> web.Response:
 
 async def confirm_remove_voice(request: web.Request) -> web.Response:
     """GET /admin/voices/{voice_id}/remove: ask before removing."""
-    session = await admin_session(request)
+    session = _session(request)
     voice = await _voice_or_404(request)
     return render(request, "confirm.html", session, {
         "active": "voices", "title": f"Remove voice '{voice.id}'?",
@@ -455,7 +408,7 @@ async def confirm_remove_voice(request: web.Request) -> web.Response:
 
 async def remove_voice(request: web.Request) -> web.Response:
     """POST /admin/voices/{voice_id}/remove: remove a voice (like `idlakd voice remove`)."""
-    session, _ = await admin_form(request)
+    session = _session(request)
     voice_id = request.match_info["voice_id"]
     if await request.app[store_key].delete_voice(voice_id):
         request.app[synth_key].retire(voice_id)  # its warm workers go now, not when idle
@@ -468,15 +421,9 @@ async def remove_voice(request: web.Request) -> web.Response:
 # Try it
 
 async def speech(request: web.Request) -> web.StreamResponse:
-    """POST /admin/speech: /speech for the signed-in admin (session cookie + CSRF header)."""
-    session, is_admin = await current_session(request)
-    if session is None or not is_admin:
-        raise Unauthorized(SESSION_ENDED)
-    if not csrf_ok(request.app[secret_key], session.jti, request.headers.get(CSRF_HEADER)):
-        raise Forbidden(FORM_EXPIRED)
-    # The session stands in for a token: /speech then checks revocation and the user as usual.
-    request[token_key] = session.claims()
-    return await speech_api.speech(request)
+    """POST /admin/speech: the try-it box, answered like /speech (its route's guard checked
+    the admin session and the CSRF header)."""
+    return await answer_speech(request, await read_speech_request(request))
 
 
 # Static files

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from aiohttp import web
 
-from idlakd.errors import BadRequest, NotFound
+from idlakd.errors import MalformedRequest, NotFound
 from idlakd.web.http import json_response
 from idlakd.web.keys import store_key
 from idlakd.models import GENDERS
@@ -40,7 +40,7 @@ async def _matching_voices(request: web.Request, query: Mapping[str, Any]) -> we
     gender = fields.choice("gender", GENDERS)
     fields.check()
     if accent is not None and language is None:
-        raise BadRequest(ACCENT_NEEDS_LANGUAGE)
+        raise MalformedRequest(ACCENT_NEEDS_LANGUAGE)
     voices = await request.app[store_key].list_voices(language, accent, gender)
     if not voices:
         return json_response(None, status=204)

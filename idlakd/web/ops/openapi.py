@@ -11,17 +11,18 @@ from typing import Any, Final
 from aiohttp import web
 
 from idlakd import __version__
-from idlakd.web.auth import (
-    ADMIN_REQUIRED,
-    EXPIRED_TOKEN,
-    INVALID_TOKEN,
-    LOGIN_INCORRECT,
-    MISSING_HEADER,
-    NO_SUCH_USER,
-)
-from idlakd.web.ops.docs_page import DOCS_HTML, DOCS_SCRIPT
+from idlakd.accounts.logins import LOGIN_INCORRECT
+from idlakd.accounts.passwords import LOGINS_BUSY
+from idlakd.accounts.throttle import THROTTLED, TOO_MANY_ATTEMPTS
+from idlakd.accounts.tokens import (ADMIN_REQUIRED, EXPIRED_TOKEN, INVALID_TOKEN, MISSING_HEADER,
+                                    NO_SUCH_USER)
+from idlakd.accounts.uids import UID_RULE
+from idlakd.accounts.users import NO_SUCH_USER as UNKNOWN_USER
+from idlakd.accounts.users import ONLY_ADMIN, USER_EXISTS
+from idlakd.errors import Busy, DatabaseUnwritable
 from idlakd.synth.transcode import CONTENT_TYPES, FORMATS
-from idlakd.web.validation import INVALID_JSON, MISSING, NOT_OBJECT, NOT_STRING
+from idlakd.web.ops.docs_page import DOCS_HTML, DOCS_SCRIPT
+from idlakd.web.validation import INVALID_JSON, MISSING, NOT_BOOLEAN, NOT_OBJECT, NOT_STRING
 
 JSON: Final = "application/json"
 
@@ -62,12 +63,17 @@ REF_MESSAGE: Final = {"$ref": "#/components/schemas/Message"}
 
 BAD_JSON: Final = _error("Body is not JSON", INVALID_JSON)
 TOO_LARGE: Final = _error("Body larger than max_body_bytes")
+# Only routes that read a body can wait for one.
+BODY_TIMEOUT: Final = _error("Body not received within body_timeout_seconds; the connection closes")
+THROTTLED_429: Final = _error("Too many failed logins for this uid or address, or too many attempts "
+                              "from this address (see Retry-After)", THROTTLED, TOO_MANY_ATTEMPTS)
+DATABASE_503: Final = _error("The database is busy or takes no writes (see Retry-After)",
+                             Busy().message, DatabaseUnwritable().message)
 USER_401: Final = _error("No usable token", MISSING_HEADER, INVALID_TOKEN, EXPIRED_TOKEN, NO_SUCH_USER)
 ADMIN_401: Final = _error("No usable admin token", MISSING_HEADER, INVALID_TOKEN, EXPIRED_TOKEN,
                           NO_SUCH_USER, ADMIN_REQUIRED)
 UID_PARAM: Final = {"name": "uid", "in": "path", "required": True, "schema": STR}
-NO_SUCH_USER_422: Final = _error("Unknown user", "User does not exist")
-ONLY_ADMIN: Final = "User is the only admin, there must be at least one admin in the system"
+NO_SUCH_USER_422: Final = _error("Unknown user", UNKNOWN_USER)
 SECURED: Final[list[dict[str, list[str]]]] = [{"bearer": []}]
 
 
@@ -114,16 +120,19 @@ def build_spec() -> dict[str, Any]:
                 "200": _ok("Token", _obj({"access_token": STR}, ["access_token"])),
                 "400": BAD_JSON,
                 "401": _error("Wrong uid or password (same answer and timing)", LOGIN_INCORRECT),
+                "408": BODY_TIMEOUT,
                 "413": TOO_LARGE,
                 "422": _error("Missing or mistyped field", f"uid: {MISSING}", f"password: {MISSING}",
                               f"uid: {NOT_STRING}", NOT_OBJECT),
-                "429": _error("Too many failed logins for this uid or address (see Retry-After)"),
+                "429": THROTTLED_429,
+                "503": _error("Too many password checks waiting (see Retry-After)", LOGINS_BUSY),
             })},
         "/auth/expire": {"post": _op(
             "Revoke the presented token until its own expiry (survives restarts)", tag="auth",
             security=True, responses={
                 "200": _ok("Revoked", REF_MESSAGE, {"message": "The token has been manually expired."}),
                 "401": USER_401,
+                "503": DATABASE_503,
             })},
         "/auth/password": {"post": _op(
             "Change one's own password", tag="auth", security=True,
@@ -133,10 +142,15 @@ def build_spec() -> dict[str, Any]:
                 "200": _ok("Changed", REF_MESSAGE, {"message": "Password has been changed."}),
                 "400": BAD_JSON,
                 "401": USER_401,
+                "408": BODY_TIMEOUT,
                 "413": TOO_LARGE,
                 "422": _error("Missing field, short new password or wrong old password",
-                              f"old_password: {MISSING}", "old_password: Password is incorrect."),
-                "429": _error("Too many failed attempts"),
+                              f"old_password: {MISSING}", "new_password: Shorter than minimum length 8.",
+                              "old_password: Password is incorrect."),
+                "429": THROTTLED_429,
+                "503": _error("Too many password checks waiting, or the database is busy or takes "
+                              "no writes (see Retry-After)", LOGINS_BUSY, Busy().message,
+                              DatabaseUnwritable().message),
             })},
         "/users": {
             "get": _op("List users", tag="users", security=True, responses={
@@ -152,9 +166,11 @@ def build_spec() -> dict[str, Any]:
                                                ["uid", "password", "admin"])),
                     "400": BAD_JSON,
                     "401": ADMIN_401,
+                    "408": BODY_TIMEOUT,
                     "413": TOO_LARGE,
-                    "422": _error("Bad field or taken uid", "User id already exists",
-                                  "admin: Not a valid boolean."),
+                    "422": _error("Bad field or taken uid", USER_EXISTS,
+                                  f"admin: {NOT_BOOLEAN}", f"uid: {UID_RULE}"),
+                    "503": DATABASE_503,
                 }),
         },
         "/users/{uid}/password": {"post": _op(
@@ -163,20 +179,23 @@ def build_spec() -> dict[str, Any]:
                 "200": _ok("New password", _obj({"password": STR}, ["password"])),
                 "401": ADMIN_401,
                 "422": NO_SUCH_USER_422,
+                "503": DATABASE_503,
             })},
         "/users/{uid}": {"delete": _op(
             "Delete a user (never the last admin)", tag="users", security=True,
             params=[UID_PARAM], responses={
                 "200": _ok("Deleted", REF_MESSAGE, {"message": "User 'alice' has been deleted"}),
                 "401": ADMIN_401,
-                "422": _error("Unknown user or the last admin", "User does not exist", ONLY_ADMIN),
+                "422": _error("Unknown user or the last admin", UNKNOWN_USER, ONLY_ADMIN),
+                "503": DATABASE_503,
             })},
         "/users/{uid}/admin": {"post": _op(
             "Toggle a user's admin flag (never the last admin)", tag="users", security=True,
             params=[UID_PARAM], responses={
                 "200": _ok("New flag", _obj({"uid": STR, "admin": BOOL}, ["uid", "admin"])),
                 "401": ADMIN_401,
-                "422": _error("Unknown user or the last admin", "User does not exist", ONLY_ADMIN),
+                "422": _error("Unknown user or the last admin", UNKNOWN_USER, ONLY_ADMIN),
+                "503": DATABASE_503,
             })},
         "/languages": {"get": _op("Languages of all voices, sorted", tag="voices", responses={
             "200": _ok("Languages", _obj({"languages": {"type": "array", "items": STR}}, ["languages"])),
@@ -199,7 +218,7 @@ def build_spec() -> dict[str, Any]:
                         responses={**voices_responses, "400": _error(
                             "Bad JSON, or accent without language", INVALID_JSON,
                             "For accent to be queried, language has to be provided as well."),
-                            "413": TOO_LARGE}),
+                            "408": BODY_TIMEOUT, "413": TOO_LARGE}),
         },
         "/voices/{voice_id}": {"get": _op(
             "One voice", tag="voices",
@@ -223,10 +242,15 @@ def build_spec() -> dict[str, Any]:
                     for fmt in FORMATS}},
                 "400": _error("Bad JSON or unknown voice", INVALID_JSON, "Voice could not be found"),
                 "401": USER_401,
-                "413": _error("Body or text over the configured limit"),
-                "422": _error("Bad field or blank text", f"voice_id: {MISSING} Provide a voice id",
-                              f"text: {MISSING}",
-                              f"audio_format: Not a valid choice. Valid choices: {'|'.join(FORMATS)}"),
+                "408": BODY_TIMEOUT,
+                "413": _error("Body or text over its limit (max_body_bytes, max_text_length), or the "
+                              "audio over max_audio_seconds before the first byte was sent"),
+                "422": _error("Bad field, blank text or refused markup",
+                              f"voice_id: {MISSING} Provide a voice id", f"text: {MISSING}",
+                              f"audio_format: Not a valid choice. Valid choices: {'|'.join(FORMATS)}",
+                              "text: Must not be empty or blank."),
+                "500": _error("Synthesis failed before the status line was sent",
+                              "Speech synthesis failed"),
                 "503": _error("Queue full or shutting down (see Retry-After)",
                               "Server is busy, try again later",
                               "Server is shutting down, try again later"),
@@ -239,7 +263,9 @@ def build_spec() -> dict[str, Any]:
             responses={
                 "200": _ok("Ready", _obj({"status": STR, "database": STR, "voices": {"type": "integer"},
                                           "synthesis": STR})),
-                "503": _error("Not ready (the message lists why)", "Not ready: no voices loaded"),
+                "503": _error("Not ready (the message lists why; see Retry-After)",
+                              "Not ready: no voices loaded", "Not ready: database not writable",
+                              "Not ready: the server is shutting down"),
             })},
         "/metrics": {"get": _op(
             "Prometheus metrics (loopback only when metrics_local_only)", tag="operations",

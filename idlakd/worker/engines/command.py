@@ -24,7 +24,7 @@ import threading
 from array import array
 from typing import IO, Any, Final, Iterator, Mapping
 
-from idlakd.worker.engines import Engine, EngineError, command_program
+from idlakd.worker.engines.base import Engine, EngineError, command_program
 from idlakd.worker.protocol import read_exactly_sync
 
 logger = logging.getLogger(__name__)

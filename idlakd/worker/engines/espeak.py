@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Iterator, Mapping
 
-from idlakd.worker.engines import Engine, EngineError
+from idlakd.worker.engines.base import Engine, EngineError
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final, Iterable, Iterator, Mapping
 from xml.sax.saxutils import escape
 
-from idlakd.worker.engines import Engine, EngineError, pyidlak_search_dir
+from idlakd.worker.engines.base import Engine, EngineError, pyidlak_search_dir
 
 logger = logging.getLogger(__name__)
 

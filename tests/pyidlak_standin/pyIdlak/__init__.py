@@ -17,8 +17,8 @@ It misbehaves on purpose:
   forever, ``RAISE`` raises ``RuntimeError``;
 - text containing ``GARBAGE``, or any text when voice.conf has ``garbage=1``,
   writes junk into the worker's protocol fd. The fd guard makes that
-  impossible by accident, so this is a deliberate hack: it reads the fd from
-  the worker module's ``protocol_fd`` global (``__main__`` under ``python -m``);
+  impossible by accident, so the stand-in looks for it as any code in the
+  process could: the one pipe open for writing that is not stderr;
 - text containing ``READFILE:<path>`` opens and reads that file first and lets
   any ``OSError`` (``PermissionError`` under the worker's Landlock sandbox)
   propagate, so a test can tell what the worker may read;
@@ -35,11 +35,12 @@ It misbehaves on purpose:
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
 import re
-import sys
+import stat
 import time
 
 _WORD = re.compile(r"\S+")
@@ -52,11 +53,16 @@ GAP_SECONDS = 0.02
 
 
 def _protocol_fd() -> int | None:
-    """Find the worker's private protocol fd (test hack; see module docstring)."""
-    for name in ("__main__", "idlakd.worker.main"):
-        module = sys.modules.get(name)
-        fd = getattr(module, "protocol_fd", None)
-        if isinstance(fd, int):
+    """The worker's private protocol fd: a write-only pipe other than stderr (fd 1 is stderr now)."""
+    stderr = os.fstat(2)
+    for fd in range(3, 256):
+        try:
+            info = os.fstat(fd)
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        except OSError:
+            continue
+        if (stat.S_ISFIFO(info.st_mode) and flags & os.O_ACCMODE == os.O_WRONLY
+                and (info.st_dev, info.st_ino) != (stderr.st_dev, stderr.st_ino)):
             return fd
     return None
 

@@ -1,6 +1,6 @@
 """Run the real `idlakd serve` as a subprocess for tests; a slow WAV command voice to make long streams.
 
-Import from tests as ``from daemon_helpers import ...`` (pytest puts tests/ on sys.path).
+Import from tests as ``from tests.helpers.daemon import ...``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 SLOW_RATE = 16000
 SLOW_PIECES = 6

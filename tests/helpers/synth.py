@@ -1,6 +1,6 @@
 """Helpers for synthesis tests: stand-in Idlak voices, a WAV-writing command, a worker client.
 
-Import from tests as ``from synth_helpers import ...`` (pytest puts tests/ on sys.path).
+Import from tests as ``from tests.helpers.synth import ...``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from idlakd.synth.document import Chunk, Text
 from idlakd.worker.protocol import Frame, encode_frame, encode_segments, read_frame
 from idlakd.worker.main import worker_argv
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 #: idlak_root for tests: holds the stand-in pyIdlak package.
-STANDIN_ROOT = Path(__file__).resolve().parent / "pyidlak_standin"
+STANDIN_ROOT = REPO / "tests" / "pyidlak_standin"
 
 # A tiny TTS "program": reads text on stdin, writes a WAV on stdout (a tone
 # per character), streaming-style sizes by default. argv: rate channels

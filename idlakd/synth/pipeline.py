@@ -1,0 +1,198 @@
+"""A document's chunks synthesised ahead on a voice's pool and handed out strictly in order.
+
+Back-pressure runs from the consumer to the engines: a chunk holding
+CHUNK_BUFFER_BYTES not yet taken stops reading its worker's pipe, so the
+worker blocks on its write and its engine pauses. While it waits, the chunk
+gives its global synthesis slot back (a paused worker uses no CPU), so slow
+readers cannot hold every slot and stall other voices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, AsyncGenerator, AsyncIterator, Final, Sequence
+
+from idlakd.synth.document import Chunk
+from idlakd.synth.limiter import Admission, Lease
+from idlakd.synth.pool import VoicePool
+from idlakd.synth.tasks import cancel_and_wait
+from idlakd.synth.workers import SynthesisError
+
+log = logging.getLogger(__name__)
+
+# Pieces of a head chunk's audio are handed out once this much has gathered
+# (fewer writes and wake-ups per sentence; still far ahead of playback).
+PIECE_BYTES: Final = 64 * 1024
+# Most audio one chunk holds before its worker's pipe stops being read (back-pressure);
+# a stream holds at most lookahead chunks of it.
+CHUNK_BUFFER_BYTES: Final = 256 * 1024
+
+#: (sample rate, PCM s16le) pieces of one stream, in text order.
+PcmPieces = AsyncIterator[tuple[int, bytes]]
+
+
+class AudioTooLong(Exception):
+    """The stream's audio passed max_audio_seconds: synthesis stops."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"audio longer than {limit:g} s")
+        self.limit = limit
+
+
+class ConsumerStalled(SynthesisError):
+    """A chunk's audio was not taken for too long: its worker is stopped rather than kept waiting."""
+
+
+class Flow:
+    """When the stream's consumer last moved (took audio, or sent some): bounds waiting for room."""
+
+    def __init__(self, patience: float) -> None:
+        self.patience = patience
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+
+    def moved(self) -> None:
+        """The consumer made progress."""
+        self._last = self._loop.time()
+
+    def remaining(self) -> float:
+        """Seconds a chunk may still wait for room before its consumer counts as stalled."""
+        return self._last + self.patience - self._loop.time()
+
+
+class ChunkAudio:
+    """One chunk's audio as its worker sends it, held (up to a bound) until the consumer takes it."""
+
+    def __init__(self, flow: Flow, bound: int = CHUNK_BUFFER_BYTES) -> None:
+        self.rate = 0
+        self.size = 0
+        self._parts: list[bytes] = []
+        self._changed = asyncio.Event()
+        self._room = asyncio.Event()
+        self._wake_at = 1
+        self._flow = flow
+        self._bound = bound
+        self._lease: Lease | None = None
+
+    def hold(self, lease: Lease) -> None:
+        """The chunk's synthesis slot, given back while the chunk waits for room."""
+        self._lease = lease
+
+    async def put(self, rate: int, pcm: bytes) -> None:
+        """The sink given to the pool: one audio frame arrived; waits while bound bytes are held.
+
+        Not returning leaves the worker's pipe unread, so the worker blocks on
+        its write and its engine pauses. The wait is bounded by the consumer's
+        progress, not by the worker's silence timeout: a consumer that moves
+        nothing for the flow's patience raises ConsumerStalled (the worker is
+        then stopped).
+        """
+        self.rate = rate
+        self._parts.append(pcm)
+        self.size += len(pcm)
+        if self.size >= self._wake_at:
+            self._changed.set()
+        while self.size >= self._bound:
+            remaining = self._flow.remaining()
+            if remaining <= 0:
+                raise ConsumerStalled(f"audio not taken for {self._flow.patience:g} s")
+            self._room.clear()
+            async with contextlib.AsyncExitStack() as stack:
+                if self._lease is not None:
+                    await stack.enter_async_context(self._lease.paused())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._room.wait()
+
+    def finished(self, _task: asyncio.Task[Any]) -> None:
+        """Done callback of the chunk's task: wake the consumer to see the end (or failure)."""
+        self._changed.set()
+
+    def take(self) -> bytes:
+        """Everything that arrived since the last take, joined; makes room for the worker."""
+        pcm = b"".join(self._parts) if len(self._parts) > 1 else self._parts[0]
+        self._parts = []
+        self.size = 0
+        self._room.set()
+        self._flow.moved()
+        return pcm
+
+    async def wait(self, size: int) -> None:
+        """Until at least size bytes are held, or the chunk's task ended."""
+        self._wake_at = size
+        self._changed.clear()
+        await self._changed.wait()
+
+
+async def ordered_pcm(pool: VoicePool, chunks: Sequence[Chunk], admission: Admission, flow: Flow,
+                      max_audio_seconds: float) -> AsyncGenerator[tuple[int, bytes], None]:
+    """Yield (rate, PCM) strictly in text order while the next chunks synthesise in parallel.
+
+    The first audio is yielded as soon as its worker sends it, before the
+    first sentence is finished. After that the head chunk's audio is yielded
+    in pieces of PIECE_BYTES as it arrives, and a chunk's rest when it ends. A
+    later chunk, synthesised meanwhile, comes out when it becomes the head.
+    Every chunk yields at least once (empty PCM if it had no audio). Past
+    max_audio_seconds of audio, AudioTooLong is raised and synthesis stops.
+    """
+    # Enough chunks in flight to keep every worker of the voice busy, plus
+    # the one being consumed; a bound, so a long text never piles up audio.
+    lookahead = pool.size + 1
+    pending: list[tuple[asyncio.Task[int], ChunkAudio]] = []
+    index = 0
+    first = True
+    produced = 0  # bytes of PCM yielded so far
+    try:
+        while index < len(chunks) or pending:
+            while index < len(chunks) and len(pending) < lookahead:
+                audio = ChunkAudio(flow)
+                task = asyncio.create_task(
+                    pool.stream(chunks[index], audio.put, admission, audio.hold))
+                task.add_done_callback(audio.finished)
+                pending.append((task, audio))
+                index += 1
+            # The head stays in `pending` until done, so cancellation reaches it too.
+            task, audio = pending[0]
+            yielded = False
+            while True:
+                if audio.size and (first or task.done() or audio.size >= PIECE_BYTES):
+                    rate = audio.rate
+                    pcm = audio.take()
+                    produced += len(pcm)
+                    # Counted in samples of the chunk's rate (every chunk shares it).
+                    if produced > int(max_audio_seconds * rate) * 2:
+                        raise AudioTooLong(max_audio_seconds)
+                    yield rate, pcm
+                    yielded, first = True, False
+                elif task.done():
+                    break
+                else:
+                    await audio.wait(1 if first else PIECE_BYTES)
+            rate = await task  # the chunk's failure, if any, is raised here
+            pending.pop(0)
+            if not yielded:
+                yield rate, b""
+    finally:
+        # Cancel all before waiting for any: a worker freed by one must not
+        # be picked up by the next pending chunk.
+        for task, _audio in pending:
+            task.cancel()
+        for task, _audio in pending:
+            error = await cancel_and_wait(task)
+            if error is not None:
+                # A chunk ahead of the consumer failed after the stream ended anyway.
+                log.debug("A chunk of voice %s ahead of an ended stream failed: %s",
+                          pool.voice.id, error)
+
+
+async def next_pcm(pieces: PcmPieces, rate: int) -> bytes | None:
+    """The next piece's PCM, or None at the end; every piece must share the first one's rate."""
+    try:
+        next_rate, pcm = await anext(pieces)
+    except StopAsyncIteration:
+        return None
+    if next_rate != rate:
+        raise SynthesisError(f"sample rate changed mid-utterance ({rate} -> {next_rate} Hz)")
+    return pcm

@@ -1,0 +1,55 @@
+"""AudioStream: what the synthesizer hands a door — content type, length if known, bytes, close."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import AsyncIterator, Callable
+
+from idlakd.synth.tasks import BackgroundTasks
+
+
+class AudioStream:
+    """The audio of one request: iterate it for bytes, then aclose() it (always).
+
+    Iterating may raise a domain error (Failed, TooLarge) after some bytes:
+    the door must then end its answer as broken, never as complete. aclose()
+    stops every worker and ffmpeg still working for the stream and releases
+    its place under the limiter; it finishes even when the door calling it is
+    being cancelled (the work moves to the synthesizer's background tasks,
+    which its close() awaits).
+    """
+
+    def __init__(self, content_type: str, length: int | None, body: AsyncIterator[bytes | memoryview],
+                 resources: contextlib.AsyncExitStack, background: BackgroundTasks,
+                 on_abandon: Callable[[], None]) -> None:
+        self.content_type = content_type
+        #: Exact byte count when known before the first byte (complete or cached answers).
+        self.length = length
+        self._body = body
+        self._resources = resources
+        self._background = background
+        self._on_abandon = on_abandon
+        self._closed = False
+        self._counted = False
+
+    def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
+        """The bytes, in order, as they are made."""
+        return self._body
+
+    def abandon(self) -> bool:
+        """The consumer went away before the end (a client that hung up or stopped reading).
+
+        Counted once per stream however many layers notice; True the first time.
+        """
+        if self._counted:
+            return False
+        self._counted = True
+        self._on_abandon()
+        return True
+
+    async def aclose(self) -> None:
+        """Stop everything still working for the stream and release what it holds; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._background.finish(self._resources.aclose())

@@ -1,0 +1,365 @@
+"""The Synthesizer: voice pools, the limiter, the encoder and the cache behind one call.
+
+``synthesise(voice, text, audio_format, options) -> AudioStream`` is the whole
+interface a door needs; ``stats()`` and ``check()`` serve the admin page,
+metrics and readiness. Nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from typing import AsyncGenerator, AsyncIterator, BinaryIO, Final, Iterator, Mapping, Sequence
+
+from idlakd.config import Config
+from idlakd.errors import Busy, Failed, InvalidRequest, TooLarge
+from idlakd.models import Voice
+from idlakd.synth.cache import AudioCache, CacheEntryWriter, cache_key, close_file, read_block
+from idlakd.synth.document import Document, DocumentError, parse
+from idlakd.synth.encode import Encoder, spooled
+from idlakd.synth.limiter import SynthesisLimiter
+from idlakd.synth.pipeline import AudioTooLong, Flow, ordered_pcm
+from idlakd.synth.pool import VoicePool
+from idlakd.synth.stats import CacheStats, SynthStats
+from idlakd.synth.stream import AudioStream
+from idlakd.synth.tasks import BackgroundTasks, cancel_and_wait
+from idlakd.synth.transcode import CONTENT_TYPES, FORMATS, TranscodeError
+from idlakd.synth.workers import SynthesisError
+
+log = logging.getLogger(__name__)
+
+SYNTHESIS_FAILED: Final = "Speech synthesis failed"
+CANNOT_START: Final = "synthesis workers cannot start"
+# Texts longer than this are parsed on a thread (a few milliseconds of work).
+INLINE_PARSE_CHARS: Final = 2000
+# A chunk waits for room up to synthesis_timeout_seconds after the consumer last moved,
+# plus this: a door that bounds its own writes by synthesis_timeout_seconds lets a
+# client that stops reading go first (and counts it as gone, not as a failure).
+_ROOM_GRACE_SECONDS: Final = 1.0
+# What check() synthesises, and how long its verdict is trusted: a success for a while
+# (it cost a process and a voice load), a failure only briefly.
+_CHECK_TEXT: Final = "Ready."
+_CHECK_OK_SECONDS: Final = 600.0
+_CHECK_FAILED_SECONDS: Final = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeechOptions:
+    """How a door wants its audio."""
+
+    #: True: bytes as they are made (length unknown). False: a complete file of known length.
+    stream: bool = True
+
+
+class Synthesizer:
+    """Owns the worker pools, the global synthesis bound, the ffmpeg transcoders and the cache."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._limiter = SynthesisLimiter(config.max_concurrent_syntheses, config.max_queue)
+        self._background = BackgroundTasks()
+        self._pools: dict[str, VoicePool] = {}
+        self._retired: set[VoicePool] = set()
+        self._encoder = Encoder(config, self._background)
+        self._cache = AudioCache(config.cache_dir, config.cache_max_bytes)
+        self._reaper: asyncio.Task[None] | None = None
+        self._accepting = True
+        self._check: asyncio.Task[bool] | None = None
+        self._checked: tuple[bool, float] | None = None
+        self.requests = 0
+        self.failures = 0
+        self.disconnects = 0
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the cache and start the idle-worker reaper (workers themselves start lazily)."""
+        # stream:false answers spool to an unlinked temporary file here past spool_bytes
+        # (a disk, unlike a tmpfs /tmp, does not count against the daemon's memory).
+        await asyncio.to_thread(self._config.state_dir.mkdir, mode=0o700, parents=True,
+                                exist_ok=True)
+        await self._cache.open()
+        self._reaper = asyncio.create_task(self._reap_forever(), name="synth-reaper")
+
+    async def close(self) -> None:
+        """Stop every worker and every ffmpeg, and wait until all are reaped."""
+        self._accepting = False
+        for task in (self._reaper, self._check):
+            if task is not None:
+                await cancel_and_wait(task)
+        self._reaper = self._check = None
+        pools = list(self._pools.values()) + list(self._retired)
+        self._pools.clear()
+        self._retired.clear()
+        await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
+        await self._encoder.close()
+        await self._background.close()
+
+    async def _reap_forever(self) -> None:
+        """Stop idle workers past worker_idle_seconds; forget retired pools once unused."""
+        idle = self._config.worker_idle_seconds
+        interval = max(0.5, min(30.0, idle / 4))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                now = loop.time()
+                for pool in list(self._pools.values()):
+                    pool.reap_idle(now)
+                self._retired = {pool for pool in self._retired if not pool.unused}
+            except Exception:  # noqa: BLE001 - the reaper must outlive a bug in one round
+                log.exception("Reaping idle workers failed; trying again in %g s", interval)
+
+    # -- pools -----------------------------------------------------------
+
+    def _pool_for(self, voice: Voice) -> VoicePool:
+        """The pool of this voice at its current version; an older version's pool is retired."""
+        pool = self._pools.get(voice.id)
+        if pool is not None and pool.version != voice.version:
+            log.info("Voice %s changed (version %s -> %s): retiring its workers",
+                     voice.id, pool.version, voice.version)
+            self.retire(voice.id)
+            pool = None
+        if pool is None:
+            pool = VoicePool(voice, self._config, self._limiter, self._background)
+            self._pools[voice.id] = pool
+        return pool
+
+    def retire(self, voice_id: str) -> None:
+        """Retire a voice's workers (voice changed or removed): idle ones stop, busy ones after their stream."""
+        pool = self._pools.pop(voice_id, None)
+        if pool is not None:
+            pool.retire()
+            self._retired.add(pool)
+
+    def sync_voices(self, versions: Mapping[str, str]) -> None:
+        """Retire the pool of every voice that is gone or changed (versions: id -> version)."""
+        for voice_id, pool in list(self._pools.items()):
+            if versions.get(voice_id) != pool.version:
+                log.info("Voice %s removed or changed: retiring its workers", voice_id)
+                self.retire(voice_id)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of every worker and ffmpeg this synthesizer runs."""
+        pids = [pid for pool in [*self._pools.values(), *self._retired] for pid in pool.worker_pids]
+        return pids + self._encoder.pids
+
+    def busy_pids(self) -> list[int]:
+        """Process ids of workers mid-chunk and of running ffmpegs."""
+        pids = [pid for pool in [*self._pools.values(), *self._retired] for pid in pool.busy_pids]
+        return pids + self._encoder.pids
+
+    def stats(self) -> SynthStats:
+        """Per-voice workers busy/idle, the limiter, requests and failures, transcoders, cache."""
+        every_pool = [*self._pools.values(), *self._retired]
+        cache = self._cache
+        return SynthStats(
+            voices={voice_id: pool.stats() for voice_id, pool in sorted(self._pools.items())},
+            syntheses=sum(pool.syntheses for pool in every_pool),
+            synthesis_seconds=round(sum(pool.synthesis_seconds for pool in every_pool), 3),
+            audio_seconds=round(sum(pool.audio_seconds for pool in every_pool), 3),
+            retired_workers=sum(pool.worker_count for pool in self._retired),
+            queue=self._limiter.waiting, running=self._limiter.running,
+            streams=self._limiter.streams, max_concurrent=self._limiter.max_concurrent,
+            max_queue=self._limiter.max_queue, max_streams=self._limiter.max_streams,
+            requests=self.requests, failures=self.failures, disconnects=self.disconnects,
+            transcoders=len(self._encoder.pids),
+            cache=CacheStats(enabled=cache.enabled, files=len(cache), bytes=cache.total_bytes,
+                             max_bytes=cache.max_bytes, hits=cache.hits, misses=cache.misses))
+
+    # -- readiness -------------------------------------------------------
+
+    async def check(self, voices: Sequence[Voice]) -> None:
+        """Raise Failed unless synthesis works: a worker runs, or one just spoke a word.
+
+        The word goes through synthesise() like any request (the limiter
+        included), and its worker stays warm for the next one. A verdict is
+        trusted for a while; a caller that gives up (a timeout) leaves a slow
+        first load running for the next call.
+        """
+        if any(pool.worker_count for pool in self._pools.values()):
+            return
+        if not voices:
+            raise Failed("no voices to synthesise with")
+        if self._checked is not None:
+            ok, at = self._checked
+            if time.monotonic() - at < (_CHECK_OK_SECONDS if ok else _CHECK_FAILED_SECONDS):
+                if not ok:
+                    raise Failed(CANNOT_START)
+                return
+        if self._check is None:
+            # The cheapest voice to start: eSpeak if there is one.
+            voice = min(voices, key=lambda v: v.engine != "espeak")
+            self._check = asyncio.create_task(self._speak_a_word(voice), name="synth-check")
+        if not await asyncio.shield(self._check):
+            raise Failed(CANNOT_START)
+
+    async def _speak_a_word(self, voice: Voice) -> bool:
+        """Synthesise _CHECK_TEXT with voice; whether audio came out (the failure is logged)."""
+        ok = False
+        try:
+            audio = await self.synthesise(voice, _CHECK_TEXT, "wav", SpeechOptions(stream=False))
+            try:
+                async for _data in audio:
+                    pass
+            finally:
+                await audio.aclose()
+            ok = True
+        except (Failed, Busy, InvalidRequest, TooLarge) as exc:
+            log.warning("Readiness: voice %s could not synthesise: %s", voice.id, exc.message)
+        finally:
+            self._checked, self._check = (ok, time.monotonic()), None
+        return ok
+
+    # -- synthesis -------------------------------------------------------
+
+    async def _document(self, text: str) -> Document:
+        """Parse and bound the request text (a long one off the loop)."""
+        share = self._config.max_break_share
+        try:
+            if len(text) > INLINE_PARSE_CHARS:
+                document = await asyncio.to_thread(parse, text, share)
+            else:
+                document = parse(text, share)
+        except DocumentError as exc:
+            raise InvalidRequest(f"text: {exc}") from None
+        limit = self._config.max_audio_seconds
+        if document.min_audio_seconds() > limit:
+            raise TooLarge(f"text: would make more than the limit of {limit:g} seconds of audio")
+        return document
+
+    async def _cached(self, key: str) -> tuple[BinaryIO, int] | None:
+        """The cached answer for key, after waiting for an identical request writing it now."""
+        while True:
+            flight = self._cache.in_flight(key)
+            if flight is not None:
+                await flight.wait()
+            found = await self._cache.lookup(key)
+            # A twin may have claimed the key during the lookup: wait for it too.
+            if found is not None or self._cache.in_flight(key) is None:
+                return found
+
+    def abandoned(self) -> None:
+        """Count a consumer that left before the end (its stream is stopped by whoever noticed)."""
+        self.disconnects += 1
+
+    async def synthesise(self, voice: Voice, text: str, audio_format: str,
+                         options: SpeechOptions = SpeechOptions()) -> AudioStream:
+        """The audio of text in voice and format: returned once the answer can start.
+
+        Raises before any byte: InvalidRequest (format, text), TooLarge (audio
+        estimate, or more audio than max_audio_seconds before the first byte),
+        Busy (limiter full, or closing), Failed (synthesis or encoding failed).
+        A stream returns after its first audio; a complete answer once all of
+        it is made (its length is then exact). The caller must aclose() it.
+        """
+        if audio_format not in FORMATS:
+            raise InvalidRequest(
+                f"audio_format: Not a valid choice. Valid choices: {'|'.join(FORMATS)}")
+        if not self._accepting:
+            raise Busy()
+        chunks = (await self._document(text)).chunks
+        self.requests += 1
+        content_type = CONTENT_TYPES[audio_format]
+        key = cache_key(voice.id, voice.version, audio_format, text) if self._cache.enabled else None
+        resources = contextlib.AsyncExitStack()
+        try:
+            if key is not None:
+                cached = await self._cached(key)
+                if cached is not None:
+                    handle, size = cached
+                    resources.push_async_callback(close_file, handle)
+                    blocks = _file_blocks(handle)
+                    resources.push_async_callback(blocks.aclose)
+                    return self._audio(content_type, size, blocks, resources)
+            # Checked again after the awaits above: no pool may appear after close().
+            if not self._accepting:
+                raise Busy()
+            pool = self._pool_for(voice)
+            fatal = pool.fatal_chunk(chunks)
+            if fatal is not None:
+                log.warning("Refused a chunk of voice %s that recently stopped a worker", voice.id)
+                raise InvalidRequest(f"text: the voice's engine failed on {fatal.text[:40]!r} a "
+                                     "moment ago; it is not tried again")
+            admission = self._limiter.admit()
+            resources.callback(admission.release)
+            resources.enter_context(pool.use())
+            writer: CacheEntryWriter | None = None
+            if key is not None:
+                writer = await self._cache.begin(key, self._cache.reserve(key))
+                if writer is not None:
+                    resources.push_async_callback(writer.abort)
+            flow = Flow(self._config.synthesis_timeout_seconds + _ROOM_GRACE_SECONDS)
+            pcm = ordered_pcm(pool, chunks, admission, flow, self._config.max_audio_seconds)
+            resources.push_async_callback(pcm.aclose)
+            with self._failures(voice, "before any audio"):
+                rate, first = await anext(pcm)
+            length: int | None = None
+            if options.stream and audio_format == "wav":
+                body: AsyncIterator[bytes | memoryview] = self._encoder.wav(
+                    rate, first, pcm, flow, writer)
+            elif options.stream:
+                with self._failures(voice, f"cannot encode {audio_format}"):
+                    transcoder = await self._encoder.start_transcoder(audio_format, rate)
+                resources.push_async_callback(self._encoder.stop_transcoder, transcoder)
+                body = self._encoder.transcoded(transcoder, rate, first, pcm, flow, writer)
+            else:
+                with self._failures(voice, "before the answer"):
+                    header, spool = await self._encoder.complete(
+                        audio_format, rate, first, pcm, flow, writer, self._config.state_dir)
+                resources.push_async_callback(spool.aclose)
+                length = len(header) + spool.size
+                body = spooled(header, spool)
+                if writer is not None:
+                    # Made durable off the answer's path: the client never waits for fsync.
+                    self._background.spawn(writer.commit())
+            guarded = self._guarded(body, voice, writer)
+            resources.push_async_callback(guarded.aclose)
+            return self._audio(content_type, length, guarded, resources)
+        except BaseException:
+            await self._background.finish(resources.aclose())
+            raise
+
+    def _audio(self, content_type: str, length: int | None,
+               body: AsyncIterator[bytes | memoryview],
+               resources: contextlib.AsyncExitStack) -> AudioStream:
+        """An AudioStream owning resources (closed by its aclose)."""
+        return AudioStream(content_type, length, body, resources.pop_all(), self._background,
+                           self.abandoned)
+
+    @contextlib.contextmanager
+    def _failures(self, voice: Voice, when: str) -> Iterator[None]:
+        """Synthesis or encoding errors become Failed, audio past the limit TooLarge (logged here)."""
+        try:
+            yield
+        except (SynthesisError, TranscodeError, StopAsyncIteration) as exc:
+            self.failures += 1
+            log.error("Synthesis failed for voice %s %s: %s", voice.id, when,
+                      exc or type(exc).__name__)
+            raise Failed(SYNTHESIS_FAILED) from None
+        except AudioTooLong as exc:
+            # The voice id only: the text is the user's, and may be long or private.
+            log.warning("Audio for voice %s passed max_audio_seconds (%g s); synthesis stopped",
+                        voice.id, exc.limit)
+            raise TooLarge(f"Audio longer than the limit of {exc.limit:g} seconds") from None
+
+    async def _guarded(self, body: AsyncIterator[bytes | memoryview], voice: Voice,
+                       writer: CacheEntryWriter | None
+                       ) -> AsyncGenerator[bytes | memoryview, None]:
+        """body with its failures as domain errors; the cache entry committed after the last byte."""
+        with self._failures(voice, "mid-stream"):
+            async with contextlib.aclosing(body):  # type: ignore[type-var]
+                async for data in body:
+                    yield data
+        if writer is not None and not writer.closed:
+            # The consumer has the last byte: only now is the entry made durable.
+            self._background.spawn(writer.commit())
+
+
+async def _file_blocks(handle: BinaryIO) -> AsyncGenerator[bytes, None]:
+    """A cached file's content, block by block, read off the loop."""
+    while block := await read_block(handle):
+        yield block

@@ -1,0 +1,149 @@
+"""The speech answer every HTTP door gives: its fields read, and an AudioStream written as the body.
+
+Disconnects are told, never polled. aiohttp offers two ways and both are
+handled here: with handler_cancellation on (the way aiohttp recommends, and
+how the daemon and the test server run) the handler task is cancelled the
+moment the connection is lost, which cancels whatever it awaits — a write, or
+the synthesizer waiting for audio; with it off, the next write raises
+ConnectionResetError. Either way the stream is closed in ``finally``, which
+stops every worker and ffmpeg working for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Final
+
+from aiohttp import HttpVersion11, web
+
+from idlakd.errors import Busy, IdlakdError, InvalidRequest, MalformedRequest, TooLarge
+from idlakd.models import Voice
+from idlakd.synth.stream import AudioStream
+from idlakd.synth.synthesizer import SpeechOptions
+from idlakd.synth.transcode import FORMATS
+from idlakd.web.keys import config_key, runtime_key, store_key, synth_key
+from idlakd.web.validation import Fields, json_object
+
+log = logging.getLogger(__name__)
+
+VOICE_NOT_FOUND: Final = "Voice could not be found"
+SHUTTING_DOWN: Final = "Server is shutting down, try again later"
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeechRequest:
+    """A validated speech request: which voice says what, in which format, streamed or not."""
+
+    voice: Voice
+    text: str
+    audio_format: str
+    stream: bool
+
+
+async def read_speech_request(request: web.Request) -> SpeechRequest:
+    """The JSON body {voice_id, text, audio_format?, stream?} checked, the voice looked up."""
+    if request.app[runtime_key].stopping:
+        # Running streams finish during the grace period; new ones go to another instance.
+        raise Busy(SHUTTING_DOWN, retry_after=5)
+    fields = Fields(await json_object(request))
+    voice_id = fields.string("voice_id", required=True, hint="Provide a voice id")
+    text = fields.string("text", required=True, max_length=None)
+    audio_format = fields.choice("audio_format", FORMATS, default="wav")
+    stream = fields.boolean("stream", default=True)
+    fields.check()
+    assert voice_id is not None and text is not None and audio_format is not None
+    voice = await request.app[store_key].get_voice(voice_id)
+    if voice is None:
+        raise MalformedRequest(VOICE_NOT_FOUND)
+    if not text.strip():
+        raise InvalidRequest("text: Must not be empty or blank.")
+    limit = request.app[config_key].max_text_length
+    if len(text) > limit:
+        raise TooLarge(f"text: Longer than the limit of {limit} characters.")
+    return SpeechRequest(voice, text, audio_format, bool(stream))
+
+
+async def answer_speech(request: web.Request, speech: SpeechRequest) -> web.StreamResponse:
+    """Synthesise speech and send it: errors before the first byte are raised (JSON answers)."""
+    synthesizer = request.app[synth_key]
+    try:
+        audio = await synthesizer.synthesise(
+            speech.voice, speech.text, speech.audio_format, SpeechOptions(stream=speech.stream))
+    except asyncio.CancelledError:
+        # Cancelled while the first audio (or, not streaming, all of it) was being made.
+        if _client_gone(request):
+            synthesizer.abandoned()
+            log.info("Client went away before its speech started (voice %s); its synthesis "
+                     "stopped", speech.voice.id)
+        raise
+    return await send_audio(request, audio, speech.stream, speech.voice.id)
+
+
+def _client_gone(request: web.Request) -> bool:
+    """Whether the connection is closed or closing (asked once, when a failure or cancel came)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _abort(request: web.Request) -> None:
+    """Cut the connection: the client sees an incomplete body, never a clean end of a broken one."""
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def _write(response: web.StreamResponse, data: bytes | memoryview, timeout: float) -> None:
+    """Write to the client; one that takes nothing for timeout seconds counts as gone.
+
+    Without this a client that stops reading holds its stream (and ffmpeg) forever.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await response.write(data)
+    except TimeoutError:
+        raise ConnectionResetError("the client stopped reading") from None
+
+
+async def send_audio(request: web.Request, audio: AudioStream, stream: bool,
+                     voice_id: str) -> web.StreamResponse:
+    """Write audio as the response body (chunked, sized, or close-delimited); always closes it.
+
+    After the status line a failure can no longer be a JSON error: the
+    connection is aborted so the client sees a truncated body.
+    """
+    response = web.StreamResponse()
+    response.content_type = audio.content_type
+    if stream and request.version == HttpVersion11:
+        response.enable_chunked_encoding()
+    elif audio.length is not None:
+        response.content_length = audio.length
+    else:
+        # HTTP/1.0 asked for a stream: no chunked encoding there, so the body ends when
+        # the connection closes; a keep-alive client must be told, or the next response
+        # would land inside this body.
+        response.force_close()
+    timeout = request.app[config_key].synthesis_timeout_seconds
+    try:
+        await response.prepare(request)
+        async for data in audio:
+            await _write(response, data, timeout)
+        await response.write_eof()
+    except IdlakdError as exc:
+        if not response.prepared:
+            raise
+        log.error("Speech for voice %s failed mid-stream (%s); aborting the connection",
+                  voice_id, exc.message)
+        _abort(request)
+    except ConnectionError:  # reset, broken pipe, aiohttp's "Cannot write to closing transport"
+        if audio.abandon():
+            log.info("Client went away during speech (voice %s); its synthesis stopped", voice_id)
+        _abort(request)
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler when its client disconnects; a shutdown cancels too.
+        if _client_gone(request) and audio.abandon():
+            log.info("Client went away during speech (voice %s); its synthesis stopped", voice_id)
+        raise
+    finally:
+        await audio.aclose()
+    return response
