@@ -79,6 +79,20 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("login_max_failures_per_address", "int", "100",
             "Failed logins allowed per client address within login_window_seconds before 429."),
     Setting("login_window_seconds", "int", "300", "Window over which failed logins are counted."),
+    Setting("trusted_proxies", "str", "",
+            "Comma-separated addresses or networks (CIDR) of reverse proxies whose "
+            "X-Forwarded-For / Forwarded headers are believed for the client address (throttle, "
+            "access log, quotas). Empty: none is believed."),
+    Setting("quota_chars_per_minute", "int", "100000",
+            "Default most characters of text one user may send to synthesis per minute "
+            "(429 above); 0: no limit. Per-user overrides: idlakd user limits, the API, the page."),
+    Setting("quota_chars_per_day", "int", "0",
+            "Default most characters of text one user may send to synthesis per UTC day "
+            "(429 above); 0: no limit."),
+    Setting("quota_concurrent", "int", "8",
+            "Default most syntheses (speech requests) one user may run at once (429 above); "
+            "0: no limit."),
+    Setting("max_api_keys_per_user", "int", "100", "Most API keys one user may hold."),
     Setting("workers_per_voice", "int", "2", "Most synthesis worker processes per voice."),
     Setting("max_concurrent_syntheses", "int", "4", "Most chunks synthesised at once, over all voices."),
     Setting("max_queue", "int", "64",
@@ -170,6 +184,11 @@ class Config:
     login_max_failures: int
     login_max_failures_per_address: int
     login_window_seconds: int
+    trusted_proxies: str
+    quota_chars_per_minute: int
+    quota_chars_per_day: int
+    quota_concurrent: int
+    max_api_keys_per_user: int
     workers_per_voice: int
     max_concurrent_syntheses: int
     max_queue: int

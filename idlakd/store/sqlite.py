@@ -65,6 +65,46 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         at REAL NOT NULL
     );
     """,
+    # Accounts for programs and people: API keys, limits and usage, token hygiene, voices
+    # removed on purpose (voiceconfig.json seeds voices, it does not bring these back).
+    """
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        uid TEXT NOT NULL,
+        name TEXT NOT NULL,
+        prefix TEXT NOT NULL,
+        digest BLOB NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        last_used_at REAL,
+        expires_at REAL
+    );
+    CREATE INDEX api_keys_uid ON api_keys (uid);
+    CREATE TABLE user_limits (
+        uid TEXT PRIMARY KEY,
+        chars_per_minute INTEGER,
+        chars_per_day INTEGER,
+        concurrent INTEGER
+    );
+    CREATE TABLE usage_days (
+        uid TEXT NOT NULL,
+        day TEXT NOT NULL,
+        requests INTEGER NOT NULL DEFAULT 0,
+        characters INTEGER NOT NULL DEFAULT 0,
+        audio_seconds REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (uid, day)
+    );
+    CREATE TABLE usage_minutes (
+        uid TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        characters INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (uid, minute)
+    );
+    ALTER TABLE users ADD COLUMN valid_after REAL NOT NULL DEFAULT 0;
+    CREATE TABLE removed_voices (
+        id TEXT PRIMARY KEY,
+        removed_at REAL NOT NULL
+    );
+    """,
 )
 
 _VOICE_COLUMNS: Final = (
