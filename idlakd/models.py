@@ -20,6 +20,19 @@ class User:
 
 
 @dataclasses.dataclass(frozen=True)
+class ApiKey:
+    """An API key as listed: never the key itself nor its digest."""
+
+    id: str
+    uid: str
+    name: str
+    prefix: str
+    created_at: float
+    last_used_at: float | None
+    expires_at: float | None
+
+
+@dataclasses.dataclass(frozen=True)
 class Voice:
     """A voice as stored: public description plus engine, options and directory."""
 
@@ -53,3 +66,40 @@ class Voice:
             "sample_rate": self.sample_rate,
             "engine": self.engine,
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """A user's quota limits: characters per minute and per UTC day, syntheses at once.
+
+    As stored overrides, None means "the configured default"; as effective limits, 0 means none.
+    """
+
+    chars_per_minute: int | None = None
+    chars_per_day: int | None = None
+    concurrent: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    """One user's use: a UTC day's requests, characters and audio, a minute's characters, streams running."""
+
+    day: str
+    requests: int = 0
+    characters: int = 0
+    audio_seconds: float = 0.0
+    minute_characters: int = 0
+    running: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesisCharge:
+    """What one admitted synthesis adds to its user's usage, and its row among the running ones."""
+
+    id: str
+    uid: str
+    day: str
+    minute: int
+    characters: int
+    daemon: str
+    started_at: float

@@ -405,7 +405,8 @@ def test_voice_add_details_and_remove(page: Any, server: Server, tmp_path: Path)
     shot(page, "voice-details")
     page.get_by_role("link", name="Remove…").click()
     page.get_by_role("button", name="Remove voice 'abr'").click()
-    assert flash_text(page) == "Voice 'abr' removed"
+    assert flash_text(page) == ("Voice 'abr' removed; voiceconfig.json will not bring it back; "
+                                "adding it again (here or with `idlakd voice add`) does")
     assert server.api("GET", "/voices/abr")[0] == 404
 
 
@@ -423,3 +424,28 @@ def test_phone_width(browser: Any, server: Server) -> None:
     finally:
         context.close()
 
+
+
+def test_usage_and_limits_on_the_users_page(page: Any, server: Server) -> None:
+    """The users page shows each user's usage; its Save limits button sets that user's limits."""
+    admin = server.token("admin", server.password)
+    status, created = server.api("POST", "/users", {"uid": "erin"}, token=admin)
+    assert status == 200
+    sign_in(page, server)
+    page.goto(server.url + "/admin/users")
+    usage = page.locator('tr[data-usage-uid="erin"]')
+    assert usage.locator("td.requests").inner_text() == "0"
+    usage.get_by_label("Per day").fill("500")
+    usage.get_by_label("At once").fill("2")
+    usage.get_by_role("button", name="Save limits (user erin)").click()
+    assert page.get_by_role("status").inner_text() == "Limits of 'erin' saved."
+    status, limits = server.api("GET", "/users/erin/limits", token=admin)
+    assert status == 200 and limits["overrides"] == {
+        "chars_per_minute": None, "chars_per_day": 500, "concurrent": 2}
+    usage = page.locator('tr[data-usage-uid="erin"]')
+    assert usage.get_by_label("Per day").input_value() == "500"
+    shot(page, "users-limits")
+    usage.get_by_label("Per day").fill("")  # blank: back to the default
+    usage.get_by_role("button", name="Save limits (user erin)").click()
+    assert server.api("GET", "/users/erin/limits", token=admin)[1]["overrides"]["chars_per_day"] is None
+    assert created["uid"] == "erin"

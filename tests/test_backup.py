@@ -46,7 +46,7 @@ async def test_backup_while_the_database_is_open_and_written(tmp_path: Path) -> 
 def test_backup_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     state = tmp_path / "state"
     assert main(["--set", f"state_dir={state}", "--set", "bcrypt_rounds=4",
-                 "user", "add", "carol"]) == 0
+                 "user", "add", "carol", "--new-database"]) == 0
     target = tmp_path / "copy.db"
     assert main(["--set", f"state_dir={state}", "backup", str(target)]) == 0
     out = capsys.readouterr().out

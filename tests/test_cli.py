@@ -22,7 +22,9 @@ from tests.helpers.app import REPO, assert_error, bearer, login, make_config
 def idlakd(state: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the real command line against a state directory."""
     env = os.environ | {"IDLAKD_STATE_DIR": str(state), "IDLAKD_BCRYPT_ROUNDS": "4",
-                        "IDLAKD_VOICE_CONFIG": str(REPO / "voiceconfig.json")}
+                        "IDLAKD_VOICE_CONFIG": str(REPO / "voiceconfig.json"),
+                        # This checkout's idlakd, whatever the virtualenv has installed.
+                        "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "idlakd", *args], capture_output=True,
                           text=True, env=env, timeout=60, cwd=state.parent)
     if check:
@@ -32,7 +34,7 @@ def idlakd(state: Path, *args: str, check: bool = True) -> subprocess.CompletedP
 
 def test_user_round_trip(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    out = idlakd(state, "user", "add", "bob", "--admin").stdout
+    out = idlakd(state, "user", "add", "bob", "--admin", "--new-database").stdout
     assert re.fullmatch(r"<User bob:[A-Za-z0-9_-]{22}:True>\n", out)
     out = idlakd(state, "user", "add", "carol").stdout
     assert out.startswith("<User carol:") and out.strip().endswith(":False>")
@@ -55,10 +57,10 @@ def test_voice_add_needs_voice_conf(tmp_path: Path) -> None:
     voice_dir = tmp_path / "abr_pmdl"
     voice_dir.mkdir()
     proc = idlakd(state, "voice", "add", "-g", "female", "-n", "Anastasia", "-i", "abr",
-                  "-d", str(voice_dir), check=False)
+                  "-d", str(voice_dir), "--new-database", check=False)
     assert proc.returncode == 1 and "voice.conf" in proc.stderr
     proc = idlakd(state, "voice", "add", "-g", "female", "-n", "Anastasia", "-i", "abr",
-                  "-d", str(tmp_path / "missing"), check=False)
+                  "-d", str(tmp_path / "missing"), "--new-database", check=False)
     assert proc.returncode == 1 and "missing" in proc.stderr
 
 
@@ -68,17 +70,18 @@ def test_voice_add_list_remove(tmp_path: Path) -> None:
     voice_dir.mkdir()
     (voice_dir / "voice.conf").write_text("--lng=ru\n--acc=ru\nsrate=48000\n")
     proc = idlakd(state, "voice", "add", "-g", "female", "-n", "Anastasia", "-i", "abr",
-                  "-d", str(voice_dir), check=False)
+                  "-d", str(voice_dir), "--new-database", check=False)
     # The tangle engine needs Idlak (pyIdlak): without an idlak_root the voice is refused clearly.
     if proc.returncode != 0:
         assert "idlak" in proc.stderr.lower() or "pyidlak" in proc.stderr.lower()
         proc = idlakd(state, "--set", f"idlak_root={REPO / 'tests' / 'pyidlak_standin'}",
                       "voice", "add", "-g", "female", "-n", "Anastasia", "-i", "abr",
-                      "-d", str(voice_dir))
+                      "-d", str(voice_dir), "--new-database")
     assert "abr" in proc.stdout
     listing = idlakd(state, "voice", "list").stdout
     assert re.search(r"^abr\tAnastasia\tru\tru\tfemale\ttangle\t", listing, flags=re.M)
-    assert idlakd(state, "voice", "remove", "-i", "abr").stdout == "Voice 'abr' removed\n"
+    assert idlakd(state, "voice", "remove", "-i", "abr").stdout == (
+        "Voice 'abr' removed; voiceconfig.json will not bring it back; `idlakd voice add` does\n")
     assert "abr\t" not in idlakd(state, "voice", "list").stdout
     gone = idlakd(state, "voice", "remove", "-i", "abr", check=False)
     assert gone.returncode == 1 and "does not exist" in gone.stderr

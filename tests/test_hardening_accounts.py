@@ -190,13 +190,14 @@ async def test_look_alike_uids_are_refused_or_folded(client: TestClient[Any, Any
 def test_cli_user_add_follows_the_uid_rule(tmp_path: Path) -> None:
     """The command line creates users with the API's rule and stores the folded uid."""
     env = os.environ | {"IDLAKD_STATE_DIR": str(tmp_path / "state"), "IDLAKD_BCRYPT_ROUNDS": "4",
-                        "IDLAKD_VOICE_CONFIG": str(REPO / "voiceconfig.json")}
+                        "IDLAKD_VOICE_CONFIG": str(REPO / "voiceconfig.json"),
+                        "PYTHONPATH": str(REPO)}  # this checkout's idlakd
 
     def idlakd(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "idlakd", *args], capture_output=True,
                               text=True, env=env, timeout=60, cwd=tmp_path)
 
-    refused = idlakd("user", "add", "\u0430dmin")
+    refused = idlakd("user", "add", "\u0430dmin", "--new-database")
     assert refused.returncode == 1 and "uid: Must be 1 to 64 characters" in refused.stderr
     added = idlakd("user", "add", "\uff43\uff41\uff52\uff4f\uff4c")  # full-width 'carol'
     assert added.returncode == 0 and added.stdout.startswith("<User carol:"), added.stderr

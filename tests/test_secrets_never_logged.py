@@ -68,6 +68,9 @@ async def exercise_api(session: aiohttp.ClientSession, daemon: Daemon, admin_pas
     change = {"old_password": alice_password, "new_password": chosen}
     async with session.post(url + "/auth/password", json=change, headers=bearer(alice_token)) as resp:
         assert resp.status == 200, await resp.text()
+    # The change ended every token issued before it, this one too.
+    alice_token = await login(session, url, "alice", chosen)
+    found.append(signature(alice_token))
     wrong_old = {"old_password": look_alike(chosen), "new_password": chosen + "-2"}
     found.append(look_alike(chosen))
     async with session.post(url + "/auth/password", json=wrong_old, headers=bearer(alice_token)) as resp:

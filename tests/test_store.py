@@ -14,7 +14,7 @@ async def test_concurrent_writes_queue_instead_of_failing(tmp_path: Path) -> Non
         await asyncio.gather(*(store.revoke_token(f"jti-{n}", 4e9) for n in range(20)))
         revoked = await asyncio.gather(*(store.token_state(f"jti-{n}", "nobody")
                                          for n in range(20)))
-        assert all(is_revoked for is_revoked, _ in revoked)
+        assert all(state.revoked for state in revoked)
         results = await asyncio.gather(*(store.add_user(f"u{n}", b"h", False) for n in range(10)),
                                        *(store.delete_user("u0") for _ in range(3)))
         assert results[:10] == [True] * 10

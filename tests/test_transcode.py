@@ -100,20 +100,8 @@ async def test_encode_round_trip(ffmpeg: str, audio_format: str) -> None:
 
 async def test_feed_and_read_concurrently_without_deadlock(ffmpeg: str) -> None:
     """More PCM than any pipe buffer: feeding and reading in parallel finishes."""
-    transcoder = await Transcoder.start(ffmpeg, "ogg", 22050)
     pcm = tone(1.0) * 30  # 30 s, ~1.3 MB of PCM
-
-    async def feed() -> None:
-        for offset in range(0, len(pcm), 65536):
-            await transcoder.write(pcm[offset:offset + 65536])
-        await transcoder.close_input()
-
-    feeder = asyncio.create_task(feed())
-    out = bytearray()
-    while data := await asyncio.wait_for(transcoder.read(), 20):
-        out += data
-    await feeder
-    await transcoder.aclose()
+    out = await encode(ffmpeg, "ogg", 22050, pcm)
     assert out[:4] == b"OggS" and abs(await decoded_seconds(ffmpeg, bytes(out)) - 30) < 0.2
 
 

@@ -14,15 +14,18 @@ LOGIN_INCORRECT: Final = "Login details are incorrect"
 
 async def verify_login(throttle: LoginThrottle, store: Store, passwords: Passwords,
                        uid: str, password: str, address: str) -> None:
-    """Check uid's password, or raise.
+    """Check uid's password from the client address, or raise.
 
-    Raises RateLimited while uid or address is throttled or the address used its attempts,
-    Busy when too many checks wait already, NotAuthenticated when wrong. An unknown uid
-    costs the same bcrypt check as a wrong password.
+    Raises RateLimited while the attempt is throttled (see LoginThrottle: an address uid logged
+    in from before has its own window), Busy when too many checks wait already,
+    NotAuthenticated when wrong. An unknown uid costs the same bcrypt check as a wrong password.
+    A correct password makes the address known for uid.
     """
-    async with throttle.attempt(uid, address):
-        stored_hash = await store.get_password_hash(uid)
-        if not await passwords.check(password, stored_hash, key=address):
-            throttle.failed(uid, address)
+    state = await store.login_state(uid, address)
+    async with throttle.attempt(uid, address, state.known_address, state.unlocked_at):
+        if not await passwords.check(password, state.password_hash, key=address):
+            throttle.failed(uid, address, state.known_address)
             raise NotAuthenticated(LOGIN_INCORRECT)
-        throttle.succeeded(uid)
+        throttle.succeeded(uid, address, state.known_address)
+    if not state.known_address:
+        await store.remember_login_address(uid, address)

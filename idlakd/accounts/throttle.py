@@ -1,4 +1,9 @@
-"""Throttling of logins per uid and per client address (sliding windows, in memory)."""
+"""Throttling of logins per uid, per client address, and per known (uid, address) pair.
+
+Sliding windows in memory, per daemon; an unlock written to the store (users.unlocked_at, by
+`idlakd user unlock`, the admin page or a password reset) is applied on each check, so it
+reaches every daemon without a restart.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +61,16 @@ class SlidingWindows:
             self._times.move_to_end(key)
         times.append(now)
 
+    def forget_until(self, key: str, instant: float) -> None:
+        """Forget the events of key at or before instant (an unlock)."""
+        times = self._times.get(key)
+        if times is None:
+            return
+        while times and times[0] <= instant:
+            times.popleft()
+        if not times:
+            del self._times[key]
+
     def clear(self, key: str) -> None:
         """Forget every event of key."""
         self._times.pop(key, None)
@@ -64,22 +79,30 @@ class SlidingWindows:
 class LoginThrottle:
     """Refuses a uid or address that failed too often, and an address that tried too often.
 
-    Failures count per uid and per address (as before); every attempt that reaches a password
-    check, right or wrong, also counts against its address, so a flood of guesses with random
-    uids runs out of budget even though no single uid fails often.
+    Failures count per uid and per address; every attempt that reaches a password check, right
+    or wrong, also counts against its address, so a flood of guesses with random uids runs out
+    of budget even though no single uid fails often.
+
+    A client address that has logged in as a uid before (a *known* address, remembered by the
+    store) has its own failure window on that uid (the pair's, `max_per_uid` failures) instead
+    of the uid's: failures from elsewhere cannot lock the owner out of their own address, and
+    guesses from that address stay bounded (OWASP's device-cookie scheme, with the address as
+    the device). The address's own limits apply to it as to any other.
     """
 
     def __init__(self, max_per_uid: int, max_per_address: int, window_seconds: float,
-                 clock: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = time.time,
                  max_attempts_per_address: int | None = None) -> None:
         self.max_per_uid = max_per_uid
         self.max_per_address = max_per_address
         self.max_attempts_per_address = max_attempts_per_address
         self.window = window_seconds
+        # Wall-clock time (not monotonic): failures are compared with unlock instants that
+        # other processes write to the store.
         self.clock = clock
         self._failures = SlidingWindows(window_seconds, max(max_per_uid, max_per_address))
         self._attempts = SlidingWindows(window_seconds, max_attempts_per_address or 1)
-        # Password checks still running, per address key; and one lock per uid being tried.
+        # Password checks still running, per limited key; and one lock per uid (or pair) tried.
         self._pending: collections.Counter[str] = collections.Counter()
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
@@ -87,11 +110,22 @@ class LoginThrottle:
         """Seconds until the oldest counted event leaves the window."""
         return math.ceil(times[0] + self.window - now) if times else 1
 
-    def check(self, uid: str, address: str) -> None:
-        """Raise RateLimited (with Retry-After) when uid or address is over a limit."""
+    def _limits(self, uid: str, address: str, known: bool) -> tuple[tuple[str, int, bool], ...]:
+        """(key, failure limit, forgiven by an unlock of uid) of one attempt."""
+        account = f"pair:{address} {uid}" if known else f"uid:{uid}"
+        return ((account, self.max_per_uid, True),
+                (f"addr:{address}", self.max_per_address, False))
+
+    def check(self, uid: str, address: str, known: bool = False,
+              unlocked_at: float = 0.0) -> None:
+        """Raise RateLimited (with Retry-After) when the attempt is over a limit.
+
+        Failures of uid up to unlocked_at (wall-clock seconds) are forgiven first.
+        """
         now = self.clock()
-        for key, limit in ((f"uid:{uid}", self.max_per_uid),
-                           (f"addr:{address}", self.max_per_address)):
+        for key, limit, forgiven in self._limits(uid, address, known):
+            if forgiven:
+                self._failures.forget_until(key, unlocked_at)
             times = self._failures.recent(key, now)
             if len(times) + self._pending[key] >= limit:
                 raise RateLimited(THROTTLED, retry_after=self._retry_after(times, now))
@@ -99,43 +133,51 @@ class LoginThrottle:
             times = self._attempts.recent(f"addr:{address}", now)
             if len(times) >= self.max_attempts_per_address:
                 raise RateLimited(TOO_MANY_ATTEMPTS,
-                                      retry_after=self._retry_after(times, now))
+                                  retry_after=self._retry_after(times, now))
 
     @contextlib.asynccontextmanager
-    async def attempt(self, uid: str, address: str) -> AsyncIterator[None]:
+    async def attempt(self, uid: str, address: str, known: bool = False,
+                      unlocked_at: float = 0.0) -> AsyncIterator[None]:
         """Check, count the attempt, then hold it while its password is checked.
 
-        Attempts on one uid run one at a time, so parallel guesses cannot all pass check()
-        before the first failure is counted; attempts still running count against the address.
+        Attempts on one uid (from a known address: on one pair) run one at a time, so parallel
+        guesses cannot all pass check() before the first failure is counted; attempts still
+        running count against their keys.
         """
-        lock, holders = self._locks.get(uid, (None, 0))
+        lock_key = f"{address} {uid}" if known else uid
+        lock, holders = self._locks.get(lock_key, (None, 0))
         lock = lock or asyncio.Lock()
-        self._locks[uid] = (lock, holders + 1)
+        self._locks[lock_key] = (lock, holders + 1)
         try:
             async with lock:
-                self.check(uid, address)
-                key = f"addr:{address}"
-                self._attempts.add(key, self.clock())
-                self._pending[key] += 1
+                self.check(uid, address, known, unlocked_at)
+                self._attempts.add(f"addr:{address}", self.clock())
+                keys = [key for key, _, _ in self._limits(uid, address, known)]
+                for key in keys:
+                    self._pending[key] += 1
                 try:
                     yield
                 finally:
-                    self._pending[key] -= 1
-                    if self._pending[key] <= 0:
-                        del self._pending[key]
+                    for key in keys:
+                        self._pending[key] -= 1
+                        if self._pending[key] <= 0:
+                            del self._pending[key]
         finally:
-            lock, holders = self._locks[uid]
+            lock, holders = self._locks[lock_key]
             if holders <= 1:
-                del self._locks[uid]
+                del self._locks[lock_key]
             else:
-                self._locks[uid] = (lock, holders - 1)
+                self._locks[lock_key] = (lock, holders - 1)
 
-    def failed(self, uid: str, address: str) -> None:
+    def failed(self, uid: str, address: str, known: bool = False) -> None:
         """Record one failed login."""
         now = self.clock()
-        for key in (f"uid:{uid}", f"addr:{address}"):
+        for key, _, _ in self._limits(uid, address, known):
             self._failures.add(key, now)
 
-    def succeeded(self, uid: str) -> None:
-        """A correct login clears the uid's failures (the address keeps its count)."""
-        self._failures.clear(f"uid:{uid}")
+    def succeeded(self, uid: str, address: str, known: bool = False) -> None:
+        """A correct login clears the failures of the window it was checked against: the uid's,
+        or (from a known address) only the pair's, so the owner's logins never reset an
+        attacker's count elsewhere. The address keeps its count."""
+        account, _, _ = self._limits(uid, address, known)[0]
+        self._failures.clear(account)

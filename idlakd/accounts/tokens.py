@@ -50,20 +50,55 @@ def load_or_create_secret(path: Path) -> bytes:
     return secret
 
 
+# The issue instant in nanoseconds: iat is whole seconds (as clients expect), too coarse to
+# tell a token issued just before a password change from one issued just after it.
+ISSUED_NS_CLAIM: Final = "iat_ns"
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenClaims:
-    """The claims idlakd reads from a verified access token."""
+    """The claims idlakd reads from a verified access token (or an admin session)."""
 
     sub: str
     jti: str
     exp: float
     iat: float | None = None
+    issued_ns: int | None = None
+
+    def issued_before(self, instant: float) -> bool:
+        """Whether the token was issued before instant (wall-clock seconds, as the store keeps).
+
+        Tokens of an older idlakd carry only the whole-second iat: they count as issued at the
+        end of that second (the old rule), so none is refused for being issued in it.
+        """
+        if self.issued_ns is not None:
+            return self.issued_ns / 1e9 < instant
+        return self.iat is not None and self.iat + 1 <= instant
+
+
+def issued_claims(now_ns: int | None = None) -> dict[str, int]:
+    """iat (whole seconds) and the precise issue instant, for a token or session issued now."""
+    issued_ns = time.time_ns() if now_ns is None else now_ns
+    return {"iat": issued_ns // 1_000_000_000, ISSUED_NS_CLAIM: issued_ns}
+
+
+def precise_issue(claims: dict[str, Any]) -> int | None:
+    """The precise issue instant of decoded claims; None when absent; ValueError when malformed."""
+    value = claims.get(ISSUED_NS_CLAIM)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(ISSUED_NS_CLAIM)
+    if value // 1_000_000_000 != claims.get("iat"):
+        raise ValueError(ISSUED_NS_CLAIM)  # two issue instants that disagree: not ours
+    return value
 
 
 def issue_token(secret: bytes, uid: str, lifetime_seconds: int) -> str:
-    """A signed HS256 access token for uid with iat, nbf, exp and a unique jti."""
-    now = int(time.time())
-    payload = {"sub": uid, "iat": now, "nbf": now, "exp": now + lifetime_seconds,
+    """A signed HS256 access token for uid with iat (and its precise twin), nbf, exp, a jti."""
+    issued = issued_claims()
+    now = issued["iat"]
+    payload = {"sub": uid, **issued, "nbf": now, "exp": now + lifetime_seconds,
                "jti": uuid.uuid4().hex}
     return jwt.encode(payload, secret, algorithm=ALGORITHM)
 
@@ -81,18 +116,26 @@ def decode_token(secret: bytes, token: str) -> TokenClaims:
     sub, jti = claims.get("sub"), claims.get("jti")
     if not isinstance(sub, str) or not isinstance(jti, str):
         raise NotAuthenticated(INVALID_TOKEN)
-    return TokenClaims(sub=sub, jti=jti, exp=float(claims["exp"]), iat=float(claims["iat"]))
+    try:
+        issued_ns = precise_issue(claims)
+    except ValueError:
+        raise NotAuthenticated(INVALID_TOKEN) from None
+    return TokenClaims(sub=sub, jti=jti, exp=float(claims["exp"]), iat=float(claims["iat"]),
+                       issued_ns=issued_ns)
 
 
 async def token_user(store: Store, claims: TokenClaims) -> User:
     """The user a verified token (or admin session) names, or raise NotAuthenticated.
 
-    Revoked tokens have expired; a token from before its uid was (re)created names a
-    deleted user, not the one now holding the uid.
+    Revoked tokens have expired, and so has every token issued before its user's password was
+    last changed or reset; a token from before its uid was (re)created names a deleted user,
+    not the one now holding the uid.
     """
-    revoked, user = await store.token_state(claims.jti, claims.sub, claims.iat)
-    if revoked:
+    state = await store.token_state(claims.jti, claims.sub)
+    if state.revoked:
         raise NotAuthenticated(EXPIRED_TOKEN)
-    if user is None:
+    if state.user is None or claims.issued_before(state.created_at):
         raise NotAuthenticated(NO_SUCH_USER)
-    return user
+    if claims.issued_before(state.valid_after):
+        raise NotAuthenticated(EXPIRED_TOKEN)
+    return state.user

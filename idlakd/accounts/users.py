@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import secrets
+from pathlib import Path
 from typing import Final
 
 from idlakd.accounts.passwords import Passwords, generate_password
@@ -11,7 +14,11 @@ from idlakd.accounts.uids import UID_RULE, normalise_uid
 from idlakd.errors import InvalidRequest
 from idlakd.store.sqlite import Store
 
+log = logging.getLogger(__name__)
+
 FIRST_ADMIN_UID: Final = "admin"
+# Where the first start also writes the first admin's password (0600, never overwritten).
+INITIAL_PASSWORD_FILE: Final = "initial-admin-password"
 USER_EXISTS: Final = "User id already exists"
 NO_SUCH_USER: Final = "User does not exist"
 ONLY_ADMIN: Final = "User is the only admin, there must be at least one admin in the system"
@@ -90,6 +97,12 @@ async def reset_password(store: Store, passwords: Passwords, uid: str) -> str:
     return password
 
 
+async def unlock_user(store: Store, uid: str) -> None:
+    """Forgive a user's failed logins (every daemon applies it on its next check of uid)."""
+    if not await store.unlock_user(uid):
+        raise NoSuchUser(uid)
+
+
 def _raise_for(outcome: str, uid: str) -> None:
     """Turn a store outcome ('missing', 'last_admin') into its error."""
     if outcome == "missing":
@@ -110,6 +123,12 @@ async def toggle_admin(store: Store, uid: str) -> bool:
     return admin
 
 
+async def set_admin(store: Store, uid: str, admin: bool) -> None:
+    """Make a user an admin (admin=True) or not; the last admin stays admin."""
+    outcome, _ = await store.set_admin(uid, admin)
+    _raise_for(outcome, uid)
+
+
 async def ensure_first_admin(store: Store, passwords: Passwords) -> NewCredentials | None:
     """On an empty database create FIRST_ADMIN_UID with a generated password (else None)."""
     if await store.count_users() > 0:
@@ -118,3 +137,23 @@ async def ensure_first_admin(store: Store, passwords: Passwords) -> NewCredentia
         return await create_user(store, passwords, FIRST_ADMIN_UID, admin=True)
     except UserExists:
         return None  # another process (the CLI) created it first
+
+
+def write_initial_password(state_dir: Path, credentials: NewCredentials) -> Path | None:
+    """Write the first admin's password to a new owner-only file in state_dir (blocking I/O).
+
+    Returns its path, or None when the file exists already: it is never overwritten (it may be
+    an operator's note, or a password another start wrote).
+    """
+    path = state_dir / INITIAL_PASSWORD_FILE
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        log.warning("%s exists already; the first admin's password is only on the console", path)
+        return None
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(credentials.password + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path

@@ -11,13 +11,14 @@ import sqlite3
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, AsyncIterator, Awaitable, Final, Iterable, NoReturn
+from typing import (Any, AsyncIterator, Awaitable, Callable, Final, Iterable, Mapping,
+                    NamedTuple, NoReturn, TypeVar)
 
 import aiosqlite
 from contextlib import asynccontextmanager
 
 from idlakd.errors import DatabaseBusy, DatabaseUnwritable, StoreError
-from idlakd.models import User, Voice
+from idlakd.models import ApiKey, Limits, SynthesisCharge, Usage, User, Voice
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         name TEXT NOT NULL,
         prefix TEXT NOT NULL,
         digest BLOB NOT NULL UNIQUE,
+        user_created REAL NOT NULL,  -- users.created_at when made: a re-created uid's is new
         created_at REAL NOT NULL,
         last_used_at REAL,
         expires_at REAL
@@ -99,7 +101,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         characters INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (uid, minute)
     );
+    CREATE TABLE running_syntheses (
+        id TEXT PRIMARY KEY,
+        uid TEXT NOT NULL,
+        daemon TEXT NOT NULL,
+        started_at REAL NOT NULL
+    );
+    CREATE INDEX running_syntheses_uid ON running_syntheses (uid, started_at);
     ALTER TABLE users ADD COLUMN valid_after REAL NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN unlocked_at REAL NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN login_addresses TEXT NOT NULL DEFAULT '[]';
     CREATE TABLE removed_voices (
         id TEXT PRIMARY KEY,
         removed_at REAL NOT NULL
@@ -107,9 +118,55 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """,
 )
 
+_KEY_COLUMNS: Final = "k.id, k.uid, k.name, k.prefix, k.created_at, k.last_used_at, k.expires_at"
+# A key's user: the one it was made for (same uid, same creation instant), not a later one.
+_KEY_USER: Final = "JOIN users u ON u.uid = k.uid AND u.created_at = k.user_created"
+# A key lives while that user does and has not changed their password since it was made.
+_LIVE_KEY: Final = f"{_KEY_USER} AND k.created_at >= u.valid_after"
+
 _VOICE_COLUMNS: Final = (
     "id, name, language, accent, gender, engine, options, directory, sample_rate, updated_at"
 )
+
+
+# Client addresses remembered per user as "known" (the newest first): enough for a person's
+# devices and networks, small enough to rewrite in one row.
+MAX_LOGIN_ADDRESSES: Final = 16
+
+
+class TokenState(NamedTuple):
+    """What the store knows about a token: revoked, its user, and when that user began and
+    last ended every token (password change or reset), as wall-clock seconds."""
+
+    revoked: bool
+    user: User | None
+    created_at: float
+    valid_after: float
+
+
+class LoginState(NamedTuple):
+    """What a login check needs: the hash (None: no such user), the last unlock instant, and
+    whether the client address logged in as this user before."""
+
+    password_hash: bytes | None
+    unlocked_at: float
+    known_address: bool
+
+
+class VoiceSeeding(NamedTuple):
+    """What loading voiceconfig.json did: voices new or changed, and ids skipped as removed."""
+
+    changed: int
+    skipped: list[str]
+
+
+class KeyHolder(NamedTuple):
+    """An API key found by its digest, and the user it was made for."""
+
+    key: ApiKey
+    digest: bytes
+    user: User | None  # None: deleted (or the uid now names a later user)
+    valid_after: float  # the user's last password change: keys made before it are dead
 
 
 def _voice(row: sqlite3.Row | tuple[Any, ...]) -> Voice:
@@ -142,6 +199,29 @@ async def _roll_back(db: aiosqlite.Connection) -> None:
         # After an I/O error SQLite may fail to roll back: the caller needs the first error.
         with contextlib.suppress(sqlite3.Error):
             await asyncio.shield(db.execute("ROLLBACK"))
+
+
+#: The limit columns of user_limits, in Limits order.
+LIMIT_FIELDS: Final = ("chars_per_minute", "chars_per_day", "concurrent")
+_LIMIT_COLUMNS: Final = ", ".join(LIMIT_FIELDS)
+_Refusal = TypeVar("_Refusal")
+
+
+async def _read_usage(db: aiosqlite.Connection, uid: str, day: str, minute: int,
+                      running_since: float) -> Usage:
+    """One user's usage, read on db (inside the caller's transaction when it holds one)."""
+    async with db.execute(
+        "SELECT (SELECT requests FROM usage_days WHERE uid = ?1 AND day = ?2), "
+        "(SELECT characters FROM usage_days WHERE uid = ?1 AND day = ?2), "
+        "(SELECT audio_seconds FROM usage_days WHERE uid = ?1 AND day = ?2), "
+        "(SELECT characters FROM usage_minutes WHERE uid = ?1 AND minute = ?3), "
+        "(SELECT COUNT(*) FROM running_syntheses WHERE uid = ?1 AND started_at >= ?4)",
+        (uid, day, minute, running_since),
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return Usage(day=day, requests=row[0] or 0, characters=row[1] or 0,
+                 audio_seconds=row[2] or 0.0, minute_characters=row[3] or 0, running=row[4])
 
 
 class Store:
@@ -337,11 +417,49 @@ class Store:
         return True
 
     async def set_password_hash(self, uid: str, password_hash: bytes) -> bool:
-        """Replace a user's password hash; False when the user does not exist."""
+        """Replace a user's password hash, ending every token and session issued before it and
+        forgetting its login failures; False when the user does not exist."""
+        async with self._write() as db:
+            # One write: no instant exists where the new password works and old tokens still do.
+            now = time.time()
+            cur = await db.execute(
+                "UPDATE users SET password_hash = ?, valid_after = ?, unlocked_at = ? "
+                "WHERE uid = ?", (password_hash, now, now, uid))
+            return cur.rowcount > 0
+
+    async def unlock_user(self, uid: str) -> bool:
+        """Mark the instant a user's login failures were forgiven (every daemon reads it on the
+        next login check); False when the user does not exist."""
         async with self._write() as db:
             cur = await db.execute(
-                "UPDATE users SET password_hash = ? WHERE uid = ?", (password_hash, uid))
+                "UPDATE users SET unlocked_at = ? WHERE uid = ?", (time.time(), uid))
             return cur.rowcount > 0
+
+    async def login_state(self, uid: str, address: str) -> LoginState:
+        """The hash, last unlock and whether address is known for uid, in one read."""
+        async with self.reader.execute(
+                "SELECT password_hash, unlocked_at, EXISTS (SELECT 1 FROM "
+                "json_each(login_addresses) WHERE value = ?) FROM users WHERE uid = ?",
+                (address, uid)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return LoginState(None, 0.0, False)
+        return LoginState(bytes(row[0]), float(row[1]), bool(row[2]))
+
+    async def remember_login_address(self, uid: str, address: str) -> None:
+        """Put address first among uid's known login addresses (at most MAX_LOGIN_ADDRESSES)."""
+        async with self._write() as db:
+            async with db.execute(
+                    "SELECT login_addresses FROM users WHERE uid = ?", (uid,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return
+            try:
+                known = [a for a in json.loads(row[0]) if isinstance(a, str) and a != address]
+            except ValueError:
+                known = []
+            await db.execute("UPDATE users SET login_addresses = ? WHERE uid = ?",
+                             (json.dumps([address] + known[:MAX_LOGIN_ADDRESSES - 1]), uid))
 
     async def delete_user(self, uid: str) -> str:
         """Delete a user: 'ok', 'missing' or 'last_admin' (refused)."""
@@ -353,6 +471,9 @@ class Store:
             if row[0] and await self._admin_count(db) <= 1:
                 return "last_admin"
             await db.execute("DELETE FROM users WHERE uid = ?", (uid,))
+            # A later user of the same uid starts with the defaults and no usage.
+            for table in ("user_limits", "usage_days", "usage_minutes"):
+                await db.execute(f"DELETE FROM {table} WHERE uid = ?", (uid,))
         return "ok"
 
     async def set_admin(self, uid: str, admin: bool | None) -> tuple[str, bool]:
@@ -378,24 +499,20 @@ class Store:
 
     # Tokens
 
-    async def token_state(self, jti: str, uid: str,
-                          issued_at: float | None = None) -> tuple[bool, User | None]:
-        """In one query: is this token revoked, and the user it names (or None).
-
-        With issued_at (the token's whole-second iat), a user created after that second does
-        not count: the token belonged to an earlier, deleted user of the same uid.
-        """
-        born_before = float("inf") if issued_at is None else issued_at + 1
+    async def token_state(self, jti: str, uid: str) -> TokenState:
+        """In one query: is this token revoked, the user it names, and the instants before
+        which that user's tokens are not theirs (created_at) or no longer valid (valid_after)."""
         async with self.reader.execute(
-            "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?), "
-            "(SELECT admin FROM users WHERE uid = ?), "
-            "EXISTS (SELECT 1 FROM users WHERE uid = ? AND created_at < ?)",
-            (jti, uid, uid, born_before),
+            "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?), u.admin, u.created_at, "
+            "u.valid_after FROM (SELECT 1) LEFT JOIN users u ON u.uid = ?",
+            (jti, uid),
         ) as cur:
             row = await cur.fetchone()
         assert row is not None
-        user = User(uid=uid, admin=bool(row[1])) if row[2] else None
-        return bool(row[0]), user
+        if row[1] is None:
+            return TokenState(bool(row[0]), None, 0.0, 0.0)
+        return TokenState(bool(row[0]), User(uid=uid, admin=bool(row[1])), float(row[2]),
+                          float(row[3]))
 
     async def revoke_token(self, jti: str, exp: float) -> None:
         """Remember a revoked token until its own expiry; purge revocations already past it."""
@@ -444,29 +561,243 @@ class Store:
         return [r[0] for r in rows]
 
     async def upsert_voices(self, voices: Iterable[Voice]) -> int:
-        """Insert or update voices; a voice whose fields did not change keeps its updated_at."""
-        changed = 0
+        """Add or update voices on an operator's request; a removed voice added so is back.
+
+        A voice whose fields did not change keeps its updated_at.
+        """
         async with self._write() as db:
+            changed = 0
             for v in voices:
-                options = json.dumps(v.options, sort_keys=True)
-                cur = await db.execute(
-                    f"INSERT INTO voices ({_VOICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
-                    "language = excluded.language, accent = excluded.accent, "
-                    "gender = excluded.gender, engine = excluded.engine, "
-                    "options = excluded.options, directory = excluded.directory, "
-                    "sample_rate = excluded.sample_rate, updated_at = excluded.updated_at "
-                    "WHERE (name, language, accent, gender, engine, options, directory, "
-                    "sample_rate) IS NOT (excluded.name, excluded.language, excluded.accent, "
-                    "excluded.gender, excluded.engine, excluded.options, excluded.directory, "
-                    "excluded.sample_rate)",
-                    (v.id, v.name, v.language, v.accent, v.gender, v.engine, options,
-                     v.directory, v.sample_rate, time.time()))
-                changed += cur.rowcount
+                await db.execute("DELETE FROM removed_voices WHERE id = ?", (v.id,))
+                changed += await self._upsert_voice(db, v)
         return changed
 
+    async def seed_voices(self, voices: Iterable[Voice]) -> VoiceSeeding:
+        """Load voiceconfig.json's voices, except those an operator removed on purpose."""
+        async with self._write() as db:
+            async with db.execute("SELECT id FROM removed_voices") as cur:
+                removed = {row[0] for row in await cur.fetchall()}
+            changed, skipped = 0, []
+            for v in voices:
+                if v.id in removed:
+                    skipped.append(v.id)
+                else:
+                    changed += await self._upsert_voice(db, v)
+        return VoiceSeeding(changed, skipped)
+
+    async def removed_voice_ids(self) -> list[str]:
+        """Ids of the voices removed on purpose (voiceconfig.json does not bring them back)."""
+        async with self.reader.execute("SELECT id FROM removed_voices ORDER BY id") as cur:
+            rows = await cur.fetchall()
+        return [r[0] for r in rows]
+
+    @staticmethod
+    async def _upsert_voice(db: aiosqlite.Connection, v: Voice) -> int:
+        """Insert or update one voice inside the caller's transaction; 1 if it changed."""
+        options = json.dumps(v.options, sort_keys=True)
+        cur = await db.execute(
+            f"INSERT INTO voices ({_VOICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+            "language = excluded.language, accent = excluded.accent, "
+            "gender = excluded.gender, engine = excluded.engine, "
+            "options = excluded.options, directory = excluded.directory, "
+            "sample_rate = excluded.sample_rate, updated_at = excluded.updated_at "
+            "WHERE (name, language, accent, gender, engine, options, directory, "
+            "sample_rate) IS NOT (excluded.name, excluded.language, excluded.accent, "
+            "excluded.gender, excluded.engine, excluded.options, excluded.directory, "
+            "excluded.sample_rate)",
+            (v.id, v.name, v.language, v.accent, v.gender, v.engine, options,
+             v.directory, v.sample_rate, time.time()))
+        return int(cur.rowcount)
+
     async def delete_voice(self, voice_id: str) -> bool:
-        """Remove a voice; False when it did not exist."""
+        """Remove a voice and remember that (seeding skips it); False when it did not exist."""
         async with self._write() as db:
             cur = await db.execute("DELETE FROM voices WHERE id = ?", (voice_id,))
-            return cur.rowcount > 0
+            if cur.rowcount == 0:
+                return False
+            await db.execute(
+                "INSERT OR REPLACE INTO removed_voices (id, removed_at) VALUES (?, ?)",
+                (voice_id, time.time()))
+        return True
+
+    # API keys
+
+    async def add_api_key(self, key: ApiKey, digest: bytes, limit: int) -> str:
+        """Store a new key of an existing user: 'ok', 'missing' (no such user) or 'too_many'.
+
+        Dead keys of the uid (an earlier user's, or ended by a password change) go first.
+        """
+        async with self._write() as db:
+            async with db.execute("SELECT created_at, valid_after FROM users WHERE uid = ?",
+                                  (key.uid,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return "missing"
+            user_created, valid_after = row
+            await db.execute(
+                "DELETE FROM api_keys WHERE uid = ? AND (user_created != ? OR created_at < ?)",
+                (key.uid, user_created, valid_after))
+            async with db.execute("SELECT COUNT(*) FROM api_keys WHERE uid = ?",
+                                  (key.uid,)) as cur:
+                count = await cur.fetchone()
+            if count is not None and count[0] >= limit:
+                return "too_many"
+            await db.execute(
+                "INSERT INTO api_keys (id, uid, name, prefix, digest, user_created, created_at, "
+                "last_used_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                (key.id, key.uid, key.name, key.prefix, digest, user_created, key.created_at,
+                 key.expires_at))
+        return "ok"
+
+    async def list_api_keys(self, uid: str | None = None) -> list[ApiKey]:
+        """The live keys of one user (or of everyone), oldest first."""
+        where, params = ("WHERE k.uid = ?", (uid,)) if uid is not None else ("", ())
+        async with self.reader.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys k {_LIVE_KEY} {where} "
+                "ORDER BY k.uid, k.created_at, k.rowid", params) as cur:
+            rows = await cur.fetchall()
+        return [ApiKey(*row) for row in rows]
+
+    async def api_key_holder(self, digest: bytes) -> KeyHolder | None:
+        """The key with this digest, with its stored digest and the user it was made for."""
+        async with self.reader.execute(
+                f"SELECT {_KEY_COLUMNS}, k.digest, u.admin, u.valid_after FROM api_keys k "
+                f"LEFT {_KEY_USER} WHERE k.digest = ?", (digest,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        key = ApiKey(*row[:7])
+        user = None if row[8] is None else User(uid=key.uid, admin=bool(row[8]))
+        return KeyHolder(key, bytes(row[7]), user, 0.0 if row[9] is None else float(row[9]))
+
+    async def touch_api_key(self, key_id: str, at: float, unless_after: float) -> None:
+        """Note a key's use at `at`, unless a use after `unless_after` is already noted."""
+        async with self._write() as db:
+            await db.execute(
+                "UPDATE api_keys SET last_used_at = ? WHERE id = ? "
+                "AND (last_used_at IS NULL OR last_used_at <= ?)", (at, key_id, unless_after))
+
+    async def delete_api_key(self, key_id: str, uid: str | None = None) -> ApiKey | None:
+        """Delete a live key (of this user, when given); the key deleted, or None."""
+        where, params = ("AND k.uid = ?", (key_id, uid)) if uid is not None else ("", (key_id,))
+        async with self._write() as db:
+            async with db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys k {_LIVE_KEY} "
+                                  f"WHERE k.id = ? {where}", params) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            await db.execute("DELETE FROM api_keys WHERE id = ?", (key_id,))
+        return ApiKey(*row)
+
+    # Quotas and usage
+
+    async def get_limits(self, uid: str) -> Limits:
+        """A user's stored limit overrides (None where the configured default applies)."""
+        async with self.reader.execute(
+                f"SELECT {_LIMIT_COLUMNS} FROM user_limits WHERE uid = ?", (uid,)) as cur:
+            row = await cur.fetchone()
+        return Limits(*row) if row else Limits()
+
+    async def limits_by_user(self) -> dict[str, Limits]:
+        """Every stored override, by uid."""
+        async with self.reader.execute(f"SELECT uid, {_LIMIT_COLUMNS} FROM user_limits") as cur:
+            rows = await cur.fetchall()
+        return {r[0]: Limits(*r[1:]) for r in rows}
+
+    async def set_limits(self, uid: str, changes: Mapping[str, int | None]) -> Limits | None:
+        """Set some overrides (None: back to the default); the result, or None for no such user."""
+        unknown = set(changes) - set(LIMIT_FIELDS)
+        if unknown:
+            raise ValueError(f"not a limit: {sorted(unknown)}")
+        async with self._write() as db:
+            async with db.execute("SELECT 1 FROM users WHERE uid = ?", (uid,)) as cur:
+                if await cur.fetchone() is None:
+                    return None
+            await db.execute("INSERT OR IGNORE INTO user_limits (uid) VALUES (?)", (uid,))
+            for column, value in changes.items():  # column names from LIMIT_FIELDS only
+                await db.execute(f"UPDATE user_limits SET {column} = ? WHERE uid = ?",
+                                 (value, uid))
+            async with db.execute(
+                    f"SELECT {_LIMIT_COLUMNS} FROM user_limits WHERE uid = ?", (uid,)) as cur:
+                row = await cur.fetchone()
+            assert row is not None
+            limits = Limits(*row)
+            if limits == Limits():
+                await db.execute("DELETE FROM user_limits WHERE uid = ?", (uid,))
+        return limits
+
+    async def usage(self, uid: str, day: str, minute: int, running_since: float) -> Usage:
+        """A user's usage on day and in minute, and their syntheses started since running_since."""
+        return await _read_usage(self.reader, uid, day, minute, running_since)
+
+    async def usage_by_user(self, day: str, minute: int, running_since: float) -> dict[str, Usage]:
+        """Every user's usage that is not all zero, by uid (for the admin page)."""
+        found: dict[str, dict[str, Any]] = {}
+        queries: tuple[tuple[str, tuple[Any, ...], tuple[str, ...]], ...] = (
+            ("SELECT uid, requests, characters, audio_seconds FROM usage_days WHERE day = ?",
+             (day,), ("requests", "characters", "audio_seconds")),
+            ("SELECT uid, characters FROM usage_minutes WHERE minute = ?", (minute,),
+             ("minute_characters",)),
+            ("SELECT uid, COUNT(*) FROM running_syntheses WHERE started_at >= ? GROUP BY uid",
+             (running_since,), ("running",)),
+        )
+        for sql, params, names in queries:
+            async with self.reader.execute(sql, params) as cur:
+                for row in await cur.fetchall():
+                    found.setdefault(row[0], {}).update(zip(names, row[1:]))
+        return {uid: Usage(day=day, **values) for uid, values in found.items()}
+
+    async def charge(self, charge: SynthesisCharge, running_since: float,
+                     decide: Callable[[Usage], _Refusal | None]) -> _Refusal | None:
+        """Check and add a synthesis in one write transaction: decide() sees the usage first.
+
+        When decide refuses, nothing is written and its refusal is returned. Otherwise the
+        request and its characters count for its day and minute, it is one of the user's
+        running syntheses, and minutes before the previous one are forgotten. One writer at
+        a time (BEGIN IMMEDIATE), so concurrent requests of one user never both pass.
+        """
+        async with self._write() as db:
+            usage = await _read_usage(db, charge.uid, charge.day, charge.minute, running_since)
+            refusal = decide(usage)
+            if refusal is not None:
+                return refusal
+            await db.execute(
+                "INSERT INTO usage_days (uid, day, requests, characters) VALUES (?, ?, 1, ?) "
+                "ON CONFLICT (uid, day) DO UPDATE SET requests = requests + 1, "
+                "characters = characters + excluded.characters",
+                (charge.uid, charge.day, charge.characters))
+            await db.execute(
+                "INSERT INTO usage_minutes (uid, minute, characters) VALUES (?, ?, ?) "
+                "ON CONFLICT (uid, minute) DO UPDATE SET "
+                "characters = characters + excluded.characters",
+                (charge.uid, charge.minute, charge.characters))
+            await db.execute("DELETE FROM usage_minutes WHERE minute < ?", (charge.minute - 1,))
+            await db.execute(
+                "INSERT INTO running_syntheses (id, uid, daemon, started_at) VALUES (?, ?, ?, ?)",
+                (charge.id, charge.uid, charge.daemon, charge.started_at))
+        return None
+
+    async def finish_charge(self, charge: SynthesisCharge, audio_seconds: float,
+                            refund: bool) -> None:
+        """A charged synthesis ended: no longer running; its audio added, or (refund) it undone."""
+        async with self._write() as db:
+            await db.execute("DELETE FROM running_syntheses WHERE id = ?", (charge.id,))
+            if refund:
+                await db.execute(
+                    "UPDATE usage_days SET requests = MAX(0, requests - 1), "
+                    "characters = MAX(0, characters - ?) WHERE uid = ? AND day = ?",
+                    (charge.characters, charge.uid, charge.day))
+                await db.execute(
+                    "UPDATE usage_minutes SET characters = MAX(0, characters - ?) "
+                    "WHERE uid = ? AND minute = ?", (charge.characters, charge.uid, charge.minute))
+            elif audio_seconds > 0:
+                await db.execute(
+                    "UPDATE usage_days SET audio_seconds = audio_seconds + ? "
+                    "WHERE uid = ? AND day = ?", (audio_seconds, charge.uid, charge.day))
+
+    async def forget_running(self, daemon: str) -> int:
+        """Drop the running syntheses a daemon of this name left behind (it stopped or crashed)."""
+        async with self._write() as db:
+            cur = await db.execute("DELETE FROM running_syntheses WHERE daemon = ?", (daemon,))
+            return cur.rowcount

@@ -8,6 +8,26 @@ from typing import AsyncIterator, Callable
 from idlakd.synth.tasks import BackgroundTasks
 
 
+class PcmMeter:
+    """PCM pieces passed on unchanged, their duration added up (what the engines produced)."""
+
+    def __init__(self, pieces: AsyncIterator[tuple[int, bytes]]) -> None:
+        self._pieces = pieces
+        #: Seconds of audio that went through so far.
+        self.seconds = 0.0
+
+    def __aiter__(self) -> "PcmMeter":
+        """Itself: an iterator, not a generator, so nothing of it is left to finalise."""
+        return self
+
+    async def __anext__(self) -> tuple[int, bytes]:
+        """The next (rate, PCM s16le) piece, counted."""
+        rate, pcm = await anext(self._pieces)
+        if rate > 0:
+            self.seconds += len(pcm) / 2 / rate
+        return rate, pcm
+
+
 class AudioStream:
     """The audio of one request: iterate it for bytes, then aclose() it (always).
 
@@ -21,7 +41,7 @@ class AudioStream:
 
     def __init__(self, content_type: str, length: int | None, body: AsyncIterator[bytes | memoryview],
                  resources: contextlib.AsyncExitStack, background: BackgroundTasks,
-                 on_abandon: Callable[[], None]) -> None:
+                 on_abandon: Callable[[], None], meter: PcmMeter | None = None) -> None:
         self.content_type = content_type
         #: Exact byte count when known before the first byte (complete or cached answers).
         self.length = length
@@ -31,6 +51,12 @@ class AudioStream:
         self._on_abandon = on_abandon
         self._closed = False
         self._counted = False
+        self._meter = meter
+
+    @property
+    def audio_seconds(self) -> float | None:
+        """Seconds of audio synthesised for the stream so far; None when not known (a cache hit)."""
+        return None if self._meter is None else self._meter.seconds
 
     def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
         """The bytes, in order, as they are made."""

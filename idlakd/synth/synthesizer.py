@@ -24,7 +24,7 @@ from idlakd.synth.limiter import SynthesisLimiter
 from idlakd.synth.pipeline import AudioTooLong, Flow, ordered_pcm
 from idlakd.synth.pool import VoicePool
 from idlakd.synth.stats import CacheStats, SynthStats
-from idlakd.synth.stream import AudioStream
+from idlakd.synth.stream import AudioStream, PcmMeter
 from idlakd.synth.tasks import BackgroundTasks, cancel_and_wait
 from idlakd.synth.transcode import CONTENT_TYPES, FORMATS, TranscodeError
 from idlakd.synth.workers import SynthesisError
@@ -293,8 +293,9 @@ class Synthesizer:
                 if writer is not None:
                     resources.push_async_callback(writer.abort)
             flow = Flow(self._config.synthesis_timeout_seconds + _ROOM_GRACE_SECONDS)
-            pcm = ordered_pcm(pool, chunks, admission, flow, self._config.max_audio_seconds)
-            resources.push_async_callback(pcm.aclose)
+            made = ordered_pcm(pool, chunks, admission, flow, self._config.max_audio_seconds)
+            resources.push_async_callback(made.aclose)
+            pcm = PcmMeter(made)  # the stream's audio seconds, for usage
             with self._failures(voice, "before any audio"):
                 rate, first = await anext(pcm)
             length: int | None = None
@@ -318,17 +319,18 @@ class Synthesizer:
                     self._background.spawn(writer.commit())
             guarded = self._guarded(body, voice, writer)
             resources.push_async_callback(guarded.aclose)
-            return self._audio(content_type, length, guarded, resources)
+            return self._audio(content_type, length, guarded, resources, pcm)
         except BaseException:
             await self._background.finish(resources.aclose())
             raise
 
     def _audio(self, content_type: str, length: int | None,
                body: AsyncIterator[bytes | memoryview],
-               resources: contextlib.AsyncExitStack) -> AudioStream:
+               resources: contextlib.AsyncExitStack, meter: PcmMeter | None = None
+               ) -> AudioStream:
         """An AudioStream owning resources (closed by its aclose)."""
         return AudioStream(content_type, length, body, resources.pop_all(), self._background,
-                           self.abandoned)
+                           self.abandoned, meter)
 
     @contextlib.contextmanager
     def _failures(self, voice: Voice, when: str) -> Iterator[None]:

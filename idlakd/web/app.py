@@ -11,8 +11,9 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from idlakd.accounts.passwords import Passwords
+from idlakd.accounts.quotas import Quotas
 from idlakd.accounts.tokens import load_or_create_secret
-from idlakd.accounts.users import ensure_first_admin
+from idlakd.accounts.users import ensure_first_admin, write_initial_password
 from idlakd.web.admin.pages import setup_admin
 from idlakd.web.auth import auth_middleware
 from idlakd.web.guard import guard_middleware
@@ -20,9 +21,10 @@ from idlakd.config import Config
 from idlakd.web.connections import body_deadline_middleware
 from idlakd.errors import StoreError
 from idlakd.web.http import error_middleware, on_response_prepare
-from idlakd.web.keys import (config_key, passwords_key, runtime_key, secret_key, store_key,
-                         synth_key, throttle_key)
+from idlakd.web.keys import (config_key, passwords_key, quotas_key, runtime_key, secret_key,
+                             store_key, synth_key, throttle_key)
 from idlakd.web.ops.metrics import metrics_middleware, setup_metrics
+from idlakd.web.proxies import TrustedProxies, client_address_middleware
 from idlakd.web.routes import setup_routes
 from idlakd.web.runtime import Runtime
 from idlakd.store.sqlite import Store
@@ -48,22 +50,34 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     store = Store(config.database)
     await store.open()
     app[store_key] = store
+    quotas = app[quotas_key] = Quotas.from_config(store, config)
     try:
+        await quotas.start()
         # Make the dummy hash now, so the first login of an unknown uid costs no more than later ones.
         await app[passwords_key].check("", None)
         first = await ensure_first_admin(store, app[passwords_key])
         if first is not None:
             # Printed once to the console, deliberately not through logging (never in a log file).
             print(f"<User {first.uid}:{first.password}:{first.admin}>", flush=True)
+            # The console may be a journal nobody keeps: the password also goes to a 0600 file.
+            written = await asyncio.to_thread(write_initial_password, config.state_dir, first)
+            if written is not None:
+                print(f"The first admin's password is also in {written} (owner-only); "
+                      "delete that file once it is kept somewhere safe.", flush=True)
         if config.voice_config is not None:
             voices = await asyncio.to_thread(load_voice_config, config.voice_config, config)
-            changed = await store.upsert_voices(voices)
+            # Seeds, never resurrects: a voice an operator removed stays removed.
+            seeded = await store.seed_voices(voices)
             log.info("Loaded %d voices from %s (%d new or changed)",
-                     len(voices), config.voice_config, changed)
+                     len(voices) - len(seeded.skipped), config.voice_config, seeded.changed)
+            if seeded.skipped:
+                log.info("Not loaded, removed by an operator (idlakd voice add brings one "
+                         "back): %s", ", ".join(seeded.skipped))
         else:
             log.warning("No voiceconfig.json found; serving only voices already in the database")
         yield
     finally:
+        await quotas.close()  # usage of the last streams written before the store closes
         await store.close()
 
 
@@ -112,7 +126,9 @@ def create_app(config: Config) -> web.Application:
         # body_deadline inside error_middleware: it answers its own 408, nothing logs a traceback.
         # auth only authenticates (reads the token); guard then enforces the route's access,
         # before any handler reads a body.
-        middlewares=[metrics_middleware, error_middleware, body_deadline_middleware,
+        # client_address first: every line and counter after it sees the real client.
+        middlewares=[client_address_middleware(TrustedProxies.parse(config.trusted_proxies)),
+                     metrics_middleware, error_middleware, body_deadline_middleware,
                      auth_middleware, guard_middleware],
         client_max_size=config.max_body_bytes,
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import Final
+from typing import Callable, Final
 
 from aiohttp import HttpVersion11, web
 
@@ -23,7 +23,8 @@ from idlakd.models import Voice
 from idlakd.synth.stream import AudioStream
 from idlakd.synth.synthesizer import SpeechOptions
 from idlakd.synth.transcode import FORMATS
-from idlakd.web.keys import config_key, runtime_key, store_key, synth_key
+from idlakd.web.keys import (config_key, quotas_key, runtime_key, store_key, synth_key,
+                             user_key)
 from idlakd.web.validation import Fields, json_object
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,29 @@ async def read_speech_request(request: web.Request) -> SpeechRequest:
 
 
 async def answer_speech(request: web.Request, speech: SpeechRequest) -> web.StreamResponse:
-    """Synthesise speech and send it: errors before the first byte are raised (JSON answers)."""
+    """Check the caller's quota (429 over a limit), speak, and record the usage.
+
+    The charge ends when the answer has: with the audio's seconds, or undone when no audio
+    was served (the synthesis was refused or failed before its first byte).
+    """
+    quotas = request.app[quotas_key]
+    charge = await quotas.admit(request[user_key].uid, len(speech.text))
+    started: list[AudioStream] = []
+    try:
+        return await speak(request, speech, started.append)
+    finally:
+        # Before the handler returns: a keep-alive client's next request sees this one ended.
+        audio = started[0] if started else None
+        await quotas.finish(charge, None if audio is None else audio.audio_seconds,
+                            served=audio is not None)
+
+
+async def speak(request: web.Request, speech: SpeechRequest,
+                on_start: Callable[[AudioStream], None] | None = None) -> web.StreamResponse:
+    """Synthesise speech and send it: errors before the first byte are raised (JSON answers).
+
+    on_start is told the stream once synthesis has started (its audio is then being served).
+    """
     synthesizer = request.app[synth_key]
     try:
         audio = await synthesizer.synthesise(
@@ -78,6 +101,8 @@ async def answer_speech(request: web.Request, speech: SpeechRequest) -> web.Stre
             log.info("Client went away before its speech started (voice %s); its synthesis "
                      "stopped", speech.voice.id)
         raise
+    if on_start is not None:
+        on_start(audio)
     return await send_audio(request, audio, speech.stream, speech.voice.id)
 
 

@@ -1,4 +1,4 @@
-"""Authentication over HTTP: the bearer token of a request, verified and kept on the request.
+"""Authentication over HTTP: the bearer token (or API key) of a request, checked and kept on it.
 
 The auth middleware only authenticates; what a route needs is declared in the route table
 and enforced by idlakd.web.guard.
@@ -6,8 +6,11 @@ and enforced by idlakd.web.guard.
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
+from idlakd.accounts import keys as api_keys
 from idlakd.accounts.tokens import (INVALID_TOKEN, MISSING_HEADER, TokenClaims, decode_token,
                                     token_user)
 from idlakd.errors import NotAuthenticated
@@ -33,16 +36,20 @@ def bearer_token(header: str | None) -> str | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate only: verify the token's signature and times, keep the result on the request."""
+    """Authenticate only: verify a token's signature and times (or hash an API key), keep the
+    result on the request."""
     token = bearer_token(request.headers.get("Authorization"))
-    result: TokenClaims | NotAuthenticated
+    result: TokenClaims | api_keys.PresentedKey | NotAuthenticated
     if token is None:
         result = NotAuthenticated(MISSING_HEADER)
     elif not token:
         result = NotAuthenticated(INVALID_TOKEN)
     else:
         try:
-            result = decode_token(request.app[secret_key], token)
+            if api_keys.looks_like_key(token):
+                result = api_keys.presented(token)
+            else:
+                result = decode_token(request.app[secret_key], token)
         except NotAuthenticated as exc:
             result = exc
     request[token_key] = result
@@ -50,12 +57,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def token_holder(request: web.Request) -> User:
-    """The user the request's verified token names (still existing, not revoked), or raise 401."""
+    """The user the request's verified token or API key names (still existing, not revoked,
+    not expired), or raise 401."""
     if not request.app[config_key].authorization:
         return ANONYMOUS
     result = request[token_key]
     if isinstance(result, NotAuthenticated):
         raise result
+    if isinstance(result, api_keys.PresentedKey):
+        _, user = await api_keys.key_holder(request.app[store_key], result, time.time())
+        return user
     return await token_user(request.app[store_key], result)
 
 

@@ -9,6 +9,9 @@ What is enforced where:
 - max_connections: `GuardedRequestHandler.connection_made` closes connections beyond it at once.
 - malformed requests: `GuardedRequestHandler.handle_error` answers 400 JSON, logs at DEBUG and
   counts them, instead of aiohttp's ERROR traceback for each.
+- JSON everywhere: `GuardedRequestHandler.finish_response` turns an HTTP error raised outside
+  the app's middlewares (an unknown `Expect`) into the JSON error shape, and names the server
+  `idlakd` on answers that never reach the app (parser errors).
 - accept() failures (EMFILE, ENFILE, ENOBUFS, ENOMEM): `AcceptErrorLog`, once a minute with a count.
 """
 
@@ -18,14 +21,15 @@ import asyncio
 import dataclasses
 import logging
 import resource
+from http import HTTPStatus
 from typing import Any, Awaitable, Callable, Final
 
-from aiohttp import StreamReader, web
+from aiohttp import StreamReader, hdrs, web
 from aiohttp.http import HttpProcessingError, RawRequestMessage
 
 from idlakd.config import Config
 from idlakd.web.access import Handler
-from idlakd.web.http import HTTP_MESSAGES, error_response
+from idlakd.web.http import HTTP_MESSAGES, SERVER_NAME, error_response, http_exception_message
 from idlakd.web.keys import config_key, metrics_key, started_response_key
 from idlakd.web.ops.metrics import Metrics
 
@@ -40,6 +44,8 @@ ACCEPT_REPORT_SECONDS: Final = 60.0
 DESCRIPTOR_RESERVE: Final = 512
 # aiohttp reads (and drops) an unread request body for this long before closing (its default: 10).
 LINGERING_SECONDS: Final = 10.0
+# Headers of an HTTP error that still mean something in its JSON form.
+KEPT_ERROR_HEADERS: Final = frozenset({"allow", "retry-after", "www-authenticate"})
 
 RequestCallback = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -154,7 +160,25 @@ class GuardedRequestHandler(web.RequestHandler):
         if isinstance(exc, ConnectionError):
             log.debug("Client %s went away during the request: %s", request.remote, exc)
             return self._closing_error(request, status, HTTP_MESSAGES[500])
-        return super().handle_error(request, status, exc, message)
+        # Past the app's error middleware (which answers everything it sees): aiohttp's own
+        # answer would be text or HTML.
+        log.error("Error handling request from %s", request.remote, exc_info=exc)
+        return self._closing_error(
+            request, status, HTTP_MESSAGES.get(status, HTTPStatus(status).phrase))
+
+    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        """Send a response; one that aiohttp made itself gets the JSON shape and our Server."""
+        if isinstance(resp, web.HTTPException) and resp.status >= 400 and not resp.prepared:
+            # Raised before the middlewares ran (an unknown Expect: 417): the contract's shape.
+            kept = {k: v for k, v in resp.headers.items() if k.lower() in KEPT_ERROR_HEADERS}
+            message = (http_exception_message(resp, request)
+                       if isinstance(request, web.Request) else HTTP_MESSAGES.get(
+                           resp.status, resp.reason))
+            resp = error_response(resp.status, message, kept)
+        if not resp.prepared:
+            resp.headers[hdrs.SERVER] = SERVER_NAME
+        return await super().finish_response(request, resp, start_time)
 
     def _closing_error(self, request: web.BaseRequest, status: int,
                        text: str) -> web.StreamResponse:

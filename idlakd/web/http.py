@@ -20,12 +20,15 @@ from idlakd.web.admin.session import SignInRequired
 from idlakd.web.errors import headers_of, status_of
 from idlakd.web.keys import (access_key, request_id_key, request_start_key, started_response_key,
                              user_id_key)
+from idlakd.web.proxies import client_address
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("idlakd.access")
 ACCESS_FORMAT: Final = '%s "%s %s" %d %dB %.1fms rid=%s uid=%s'
 # nginx's status for a client that closed the connection before any answer.
 CLIENT_CLOSED: Final = 499
+# The Server header of every response: no versions for a scanner to match against advisories.
+SERVER_NAME: Final = "idlakd"
 
 _REQUEST_ID_RE: Final = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -152,6 +155,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
     """Every response, streams included, carries X-Request-Id; remember that it has started."""
     response.headers["X-Request-Id"] = request_id(request)
+    response.headers["Server"] = SERVER_NAME  # aiohttp would send its and Python's versions
     request[started_response_key] = response
 
 
@@ -162,7 +166,7 @@ def log_cancelled(request: web.Request) -> None:
     size = started.body_length if started is not None else 0
     began = request.get(request_start_key)
     took = time.perf_counter() - began if began is not None else 0.0
-    access_log.info(ACCESS_FORMAT, request.remote or "-", request.method,
+    access_log.info(ACCESS_FORMAT, client_address(request), request.method,
                     request.rel_url.raw_path, status, size, took * 1000,
                     request.get(request_id_key, "-"), request.get(user_id_key, "-"))
 
@@ -175,7 +179,7 @@ class AccessLogger(AbstractAccessLogger):
         self.logger.info(
             ACCESS_FORMAT,
             # raw_path: still percent-encoded, so a %0A in the URL cannot forge a log line.
-            request.remote or "-", request.method, request.rel_url.raw_path, response.status,
+            client_address(request), request.method, request.rel_url.raw_path, response.status,
             response.body_length, time * 1000, request.get(request_id_key, "-"),
             request.get(user_id_key, "-"))
 

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Final, Mapping
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
+from idlakd.accounts.keys import PresentedKey
 from idlakd.accounts.passwords import Passwords
+from idlakd.accounts.quotas import Quotas
 from idlakd.accounts.throttle import LoginThrottle
 from idlakd.accounts.tokens import TokenClaims
 from idlakd.config import Config
@@ -32,6 +34,7 @@ store_key: Final = web.AppKey("store", Store)
 secret_key: Final = web.AppKey("secret", bytes)
 passwords_key: Final = web.AppKey("passwords", Passwords)
 throttle_key: Final = web.AppKey("throttle", LoginThrottle)
+quotas_key: Final = web.AppKey("quotas", Quotas)
 synth_key: Final = web.AppKey("synth", Synthesizer)
 runtime_key: Final = web.AppKey("runtime", Runtime)
 metrics_key: Final = web.AppKey["Metrics"]("metrics")
@@ -42,7 +45,10 @@ request_id_key: Final = web.RequestKey("request_id", str)
 user_id_key: Final = web.RequestKey("user_id", str)
 started_response_key: Final = web.RequestKey("started_response", web.StreamResponse)
 request_start_key: Final = web.RequestKey("request_start", float)
-token_key: Final = web.RequestKey["TokenClaims | NotAuthenticated"]("token")
+# The client's address (web.proxies: the peer, or what a trusted proxy forwarded).
+client_address_key: Final = web.RequestKey("client_address", str)
+# A verified token's claims, an API key's digest, or why the request has neither.
+token_key: Final = web.RequestKey["TokenClaims | PresentedKey | NotAuthenticated"]("token")
 # Set by the guard: who is calling a user/admin route, and the admin page's session.
 user_key: Final = web.RequestKey("user", User)
 admin_session_key: Final = web.RequestKey("admin_session", AdminSession)

@@ -9,26 +9,36 @@ from aiohttp.web_urldispatcher import AbstractRoute
 
 from idlakd.web.access import Access, Route
 from idlakd.web.admin import views as admin
-from idlakd.web.api import auth, speech, users, voices
+from idlakd.web.api import auth, keys, speech, usage, users, voices
 from idlakd.web.keys import access_key
-from idlakd.web.ops import health, metrics, openapi
+from idlakd.web.ops import health, index, metrics, openapi
 
 # verb      path                          handler                    access
 ROUTES: Final[tuple[Route, ...]] = (
     Route("POST",   "/auth",                      auth.login,              "public"),
     Route("POST",   "/auth/expire",               auth.expire,             "user"),
     Route("POST",   "/auth/password",             auth.change_password,    "user"),
+    Route("GET",    "/auth/usage",                usage.own_usage,         "user"),
+    Route("POST",   "/auth/keys",                 keys.create_key,         "user"),
+    Route("GET",    "/auth/keys",                 keys.list_own_keys,      "user"),
+    Route("DELETE", "/auth/keys/{key_id}",        keys.revoke_own_key,     "user"),
     Route("GET",    "/users",                     users.list_users,        "admin"),
     Route("POST",   "/users",                     users.create_user,       "admin"),
     Route("POST",   "/users/{uid}/password",      users.reset_password,    "admin"),
     Route("DELETE", "/users/{uid}",               users.delete_user,       "admin"),
     Route("POST",   "/users/{uid}/admin",         users.toggle_admin,      "admin"),
+    Route("GET",    "/users/{uid}/usage",         usage.user_usage,        "admin"),
+    Route("GET",    "/users/{uid}/limits",        usage.get_limits,        "admin"),
+    Route("PUT",    "/users/{uid}/limits",        usage.set_limits,        "admin"),
+    Route("GET",    "/users/{uid}/keys",          keys.list_user_keys,     "admin"),
+    Route("DELETE", "/users/{uid}/keys/{key_id}", keys.revoke_user_key,    "admin"),
     Route("GET",    "/languages",                 voices.languages,        "public"),
     Route("GET",    "/languages/{iso}/accents",   voices.accents,          "public"),
     Route("GET",    "/voices",                    voices.list_voices,      "public"),
     Route("POST",   "/voices",                    voices.query_voices,     "public"),
     Route("GET",    "/voices/{voice_id}",         voices.get_voice,        "public"),
     Route("POST",   "/speech",                    speech.speech,           "user"),
+    Route("GET",    "/",                          index.index,             "public"),
     Route("GET",    "/healthz",                   health.healthz,          "public"),
     Route("GET",    "/readyz",                    health.readyz,           "public"),
     Route("GET",    "/metrics",                   metrics.metrics_handler, "local"),
@@ -48,8 +58,13 @@ ADMIN_ROUTES: Final[tuple[Route, ...]] = (
     Route("POST", "/admin/users",                    admin.create_user,          "form"),
     Route("POST", "/admin/users/password",           admin.reset_password,       "form"),
     Route("POST", "/admin/users/admin",              admin.toggle_admin,         "form"),
+    Route("POST", "/admin/users/unlock",             admin.unlock_user,          "form"),
     Route("GET",  "/admin/users/delete",             admin.confirm_delete_user,  "page"),
     Route("POST", "/admin/users/delete",             admin.delete_user,          "form"),
+    Route("POST", "/admin/users/limits",             admin.set_user_limits,      "form"),
+    Route("GET",  "/admin/users/keys",               admin.user_keys_page,       "page"),
+    Route("POST", "/admin/users/keys",               admin.create_user_key,      "form"),
+    Route("POST", "/admin/users/keys/revoke",        admin.revoke_user_key,      "form"),
     Route("GET",  "/admin/voices",                   admin.voices_page,          "page"),
     Route("POST", "/admin/voices",                   admin.add_voice,            "form"),
     Route("GET",  "/admin/voices/{voice_id}",        admin.voice_page,           "page"),

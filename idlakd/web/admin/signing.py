@@ -7,13 +7,12 @@ import dataclasses
 import hashlib
 import hmac
 import secrets
-import time
 import uuid
 from typing import Any, Final
 
 import jwt
 
-from idlakd.accounts.tokens import TokenClaims
+from idlakd.accounts.tokens import TokenClaims, issued_claims, precise_issue
 
 AUDIENCE: Final = "idlakd-admin"
 ALGORITHM: Final = "HS256"
@@ -36,10 +35,12 @@ class AdminSession:
     exp: float
     csrf: str
     iat: float
+    issued_ns: int | None = None
 
     def claims(self) -> TokenClaims:
         """The session as token claims: revoked and checked like an API token."""
-        return TokenClaims(sub=self.uid, jti=self.jti, exp=self.exp, iat=self.iat)
+        return TokenClaims(sub=self.uid, jti=self.jti, exp=self.exp, iat=self.iat,
+                           issued_ns=self.issued_ns)
 
 
 def csrf_token(secret: bytes, binding: str) -> str:
@@ -57,10 +58,10 @@ def csrf_ok(secret: bytes, binding: str, presented: str | None) -> bool:
 def issue_session(secret: bytes, uid: str, lifetime_seconds: int,
                   now: float | None = None) -> tuple[str, str, float]:
     """A signed session cookie value for uid -> (value, jti, exp)."""
-    issued = int(time.time() if now is None else now)
-    exp = issued + lifetime_seconds
+    issued = issued_claims(None if now is None else int(now * 1e9))
+    exp = issued["iat"] + lifetime_seconds
     jti = uuid.uuid4().hex
-    value = jwt.encode({"sub": uid, "jti": jti, "iat": issued, "exp": exp, "aud": AUDIENCE},
+    value = jwt.encode({"sub": uid, "jti": jti, **issued, "exp": exp, "aud": AUDIENCE},
                        derive_key(secret, "session"), algorithm=ALGORITHM)
     return value, jti, float(exp)
 
@@ -76,8 +77,12 @@ def read_session_cookie(secret: bytes, value: str) -> AdminSession | None:
     sub, jti = claims.get("sub"), claims.get("jti")
     if not isinstance(sub, str) or not isinstance(jti, str):
         return None
+    try:
+        issued_ns = precise_issue(claims)
+    except ValueError:
+        return None
     return AdminSession(uid=sub, jti=jti, exp=float(claims["exp"]), csrf=csrf_token(secret, jti),
-                        iat=float(claims["iat"]))
+                        iat=float(claims["iat"]), issued_ns=issued_ns)
 
 
 def login_nonce() -> str:

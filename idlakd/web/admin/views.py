@@ -6,17 +6,21 @@ import asyncio
 import json
 import math
 import re
+import time
 from pathlib import Path
 from typing import Any, Final, Mapping
+from urllib.parse import urlencode
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from idlakd.accounts import keys as api_keys
 from idlakd.accounts import users as accounts
 from idlakd.accounts.logins import verify_login
+from idlakd.accounts.quotas import LIMIT_FIELDS
 from idlakd.accounts.tokens import ADMIN_REQUIRED
-from idlakd.errors import (Busy, NotAuthenticated, NotFound, NotPermitted,
+from idlakd.errors import (Busy, InvalidRequest, NotAuthenticated, NotFound, NotPermitted,
                            RateLimited)
 from idlakd.models import ENGINES, GENDERS, Voice
 from idlakd.synth.stats import SynthStats
@@ -26,15 +30,15 @@ from idlakd.web.admin.flashes import Flash
 from idlakd.web.admin.session import (CSRF_FIELD, LOGIN_COOKIE, LOGIN_FORM_SECONDS,
                                       SESSION_COOKIE, clear_cookie, current_session, set_cookie)
 from idlakd.web.admin.signing import (AdminSession, csrf_ok, csrf_token, issue_session,
-                                      login_nonce)
+                                      login_nonce, read_session_cookie)
 from idlakd.web.api import speech as speech_api
 from idlakd.web.audio import answer_speech, read_speech_request
 from idlakd.web.auth import token_lifetime_seconds
 from idlakd.web.errors import headers_of, status_of
 from idlakd.web.guard import FORM_EXPIRED, SESSION_ENDED, form_text as _text
-from idlakd.web.keys import (admin_flashes_key, admin_session_key, config_key, passwords_key,
-                             runtime_key, secret_key, store_key, synth_key, throttle_key,
-                             user_id_key)
+from idlakd.web.keys import (admin_flashes_key, admin_session_key, client_address_key, config_key,
+                             passwords_key, quotas_key, runtime_key, secret_key, store_key,
+                             synth_key, throttle_key, user_id_key)
 from idlakd.web.validation import Fields
 
 NOT_ADMIN: Final = (f"{ADMIN_REQUIRED}: this page is for admins only. Other users use the "
@@ -122,7 +126,7 @@ async def login(request: web.Request) -> web.Response:
     try:
         await verify_login(request.app[throttle_key], request.app[store_key],
                            request.app[passwords_key], uid, password,
-                           request.remote or "unknown")
+                           request[client_address_key])
     except (RateLimited, Busy, NotAuthenticated) as exc:
         return login_form(request, ("error", exc.message), uid=uid, status=status_of(exc),
                           headers={k: v for k, v in headers_of(exc).items() if k == "Retry-After"})
@@ -234,7 +238,10 @@ async def users_page(request: web.Request) -> web.Response:
     """GET /admin/users: every user, the create form and per-user actions."""
     session = _session(request)
     users = await request.app[store_key].list_users()
-    return render(request, "users.html", session, {"active": "users", "users": users})
+    quotas = request.app[quotas_key]
+    reports = await quotas.reports([u.uid for u in users])
+    return render(request, "users.html", session, {"active": "users", "users": users,
+                                                   "reports": reports, "defaults": quotas.defaults})
 
 
 async def create_user(request: web.Request) -> web.Response:
@@ -256,14 +263,45 @@ async def reset_password(request: web.Request) -> web.Response:
     """POST /admin/users/password: a new generated password, shown once."""
     session, form = _session(request), await request.post()
     uid = _text(form, "uid")
+    response = _see_other("/admin/users")
     try:
         password = await accounts.reset_password(request.app[store_key],
                                               request.app[passwords_key], uid)
     except accounts.UserError as exc:
         flash(request, session, "error", exc.message)
     else:
-        flash(request, session, "ok", f"New password for '{uid}'; the old one no longer works.",
+        if uid == session.uid:
+            session = _renew_session(request, response, session)
+        flash(request, session, "ok", f"New password for '{uid}'; the old one no longer works "
+              "and every token and session issued before it has ended.",
               secret=password, secret_label=f"Password of '{uid}'")
+    return response
+
+
+def _renew_session(request: web.Request, response: web.StreamResponse,
+                   session: AdminSession) -> AdminSession:
+    """A new session for an admin who reset their own password: the reset ended the old one
+    (issued before it), and the page must still show them the new password."""
+    secret = request.app[secret_key]
+    lifetime = token_lifetime_seconds(request)
+    value, _, _ = issue_session(secret, session.uid, lifetime)
+    renewed = read_session_cookie(secret, value)
+    assert renewed is not None  # just signed with the same secret
+    set_cookie(request, response, SESSION_COOKIE, value, lifetime)
+    request.app[admin_flashes_key].forget(session.jti)
+    return renewed
+
+
+async def unlock_user(request: web.Request) -> web.Response:
+    """POST /admin/users/unlock: forgive a user's failed logins (like `idlakd user unlock`)."""
+    session, form = _session(request), await request.post()
+    uid = _text(form, "uid")
+    try:
+        await accounts.unlock_user(request.app[store_key], uid)
+    except accounts.UserError as exc:
+        flash(request, session, "error", exc.message)
+    else:
+        flash(request, session, "ok", f"'{uid}' is unlocked: their failed logins are forgotten.")
     return _see_other("/admin/users")
 
 
@@ -307,6 +345,88 @@ async def delete_user(request: web.Request) -> web.Response:
         flash(request, session, "error", exc.message)
     else:
         flash(request, session, "ok", f"User '{uid}' has been deleted")
+    return _see_other("/admin/users")
+
+
+# API keys
+
+def _keys_url(uid: str) -> str:
+    """The keys page of one user."""
+    return "/admin/users/keys?" + urlencode({"uid": uid})
+
+
+async def user_keys_page(request: web.Request) -> web.Response:
+    """GET /admin/users/keys?uid=: a user's API keys, the form to make one, revoke buttons."""
+    session = _session(request)
+    uid = request.query.get("uid", "")
+    try:
+        found = await api_keys.list_keys(request.app[store_key], uid)
+    except accounts.NoSuchUser as exc:
+        flash(request, session, "error", exc.message)
+        return _see_other("/admin/users")
+    now = time.time()
+    rows = [{"key": k, "created": api_keys.utc_text(k.created_at),
+             "last_used": api_keys.utc_text(k.last_used_at) or "never",
+             "expires": api_keys.utc_text(k.expires_at) or "never",
+             "expired": k.expires_at is not None and k.expires_at <= now} for k in found]
+    return render(request, "user_keys.html", session, {
+        "active": "users", "uid": uid, "rows": rows, "max_days": api_keys.MAX_DAYS,
+        "max_name": api_keys.MAX_NAME_LENGTH})
+
+
+async def create_user_key(request: web.Request) -> web.Response:
+    """POST /admin/users/keys: make an API key for a user with the API's rules; shown once."""
+    session, form = _session(request), await request.post()
+    uid, name = _text(form, "uid"), _text(form, "name")
+    days_text = _text(form, "expires_in_days").strip()
+    try:
+        if days_text and not days_text.isdecimal():
+            raise InvalidRequest(f"expires_in_days: {api_keys.DAYS_RULE}")
+        created = await api_keys.create_key(
+            request.app[store_key], uid, name, int(days_text) if days_text else None,
+            request.app[config_key].max_api_keys_per_user, time.time())
+    except InvalidRequest as exc:
+        flash(request, session, "error", exc.message)
+    else:
+        record = created.record
+        flash(request, session, "ok", f"Made API key '{record.name}' for '{uid}'.",
+              secret=created.key, secret_label=f"API key '{record.name}' of '{uid}'")
+    return _see_other(_keys_url(uid))
+
+
+async def revoke_user_key(request: web.Request) -> web.Response:
+    """POST /admin/users/keys/revoke: revoke a user's API key; it stops working at once."""
+    session, form = _session(request), await request.post()
+    uid = _text(form, "uid")
+    try:
+        revoked = await api_keys.revoke_key(request.app[store_key], _text(form, "id"), uid)
+    except NotFound as exc:
+        flash(request, session, "error", exc.message)
+    else:
+        flash(request, session, "ok", f"API key '{revoked.name}' ({revoked.prefix}…) of '{uid}' "
+              "revoked; it no longer works.")
+    return _see_other(_keys_url(uid))
+
+
+def _limit_changes(form: Mapping[str, Any]) -> dict[str, object]:
+    """The limits of the form: blank is the default (None), digits a number, anything else kept for the check."""
+    changes: dict[str, object] = {}
+    for name in LIMIT_FIELDS:
+        text = _text(form, name).strip()
+        changes[name] = None if not text else int(text) if text.isascii() and text.isdigit() else text
+    return changes
+
+
+async def set_user_limits(request: web.Request) -> web.Response:
+    """POST /admin/users/limits: a user's quota overrides (blank fields: the configured default)."""
+    session, form = _session(request), await request.post()
+    uid = _text(form, "uid")
+    try:
+        await request.app[quotas_key].set_limits(uid, _limit_changes(form))
+    except InvalidRequest as exc:  # no such user, or a field that is not a limit
+        flash(request, session, "error", exc.message)
+    else:
+        flash(request, session, "ok", f"Limits of '{uid}' saved.")
     return _see_other("/admin/users")
 
 
@@ -412,7 +532,8 @@ async def remove_voice(request: web.Request) -> web.Response:
     voice_id = request.match_info["voice_id"]
     if await request.app[store_key].delete_voice(voice_id):
         request.app[synth_key].retire(voice_id)  # its warm workers go now, not when idle
-        flash(request, session, "ok", f"Voice '{voice_id}' removed")
+        flash(request, session, "ok", f"Voice '{voice_id}' removed; voiceconfig.json will not "
+              "bring it back; adding it again (here or with `idlakd voice add`) does")
     else:
         flash(request, session, "error", speech_api.VOICE_NOT_FOUND)
     return _see_other("/admin/voices")

@@ -6,12 +6,13 @@ from typing import Final
 
 from aiohttp import web
 
+from idlakd.accounts import keys as api_keys
 from idlakd.accounts.logins import verify_login
 from idlakd.accounts.tokens import TokenClaims, issue_token
 from idlakd.errors import InvalidRequest, NotAuthenticated
 from idlakd.web.auth import token_lifetime_seconds
 from idlakd.web.http import json_response
-from idlakd.web.keys import (config_key, passwords_key, secret_key, store_key, throttle_key,
+from idlakd.web.keys import (client_address_key, config_key, passwords_key, secret_key, store_key, throttle_key,
                              token_key, user_id_key, user_key)
 from idlakd.web.validation import Fields, json_object
 
@@ -22,7 +23,7 @@ async def _check_password(request: web.Request, uid: str, password: str) -> None
     """The one login check, for the client's address."""
     app = request.app
     await verify_login(app[throttle_key], app[store_key], app[passwords_key], uid, password,
-                       request.remote or "unknown")
+                       request[client_address_key])
 
 
 async def login(request: web.Request) -> web.Response:
@@ -39,11 +40,13 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def expire(request: web.Request) -> web.Response:
-    """POST /auth/expire: revoke the presented token until its own expiry."""
+    """POST /auth/expire: revoke the presented token until its own expiry (an API key: for good)."""
     claims = request[token_key]
     # With authorization off nobody presented a token that counts: nothing to revoke.
     if request.app[config_key].authorization and isinstance(claims, TokenClaims):
         await request.app[store_key].revoke_token(claims.jti, claims.exp)
+    elif request.app[config_key].authorization and isinstance(claims, api_keys.PresentedKey):
+        await api_keys.revoke_presented(request.app[store_key], claims)
     return json_response({"message": "The token has been manually expired."})
 
 

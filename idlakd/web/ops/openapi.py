@@ -11,7 +11,9 @@ from typing import Any, Final
 from aiohttp import web
 
 from idlakd import __version__
+from idlakd.accounts import keys as api_keys
 from idlakd.accounts.logins import LOGIN_INCORRECT
+from idlakd.accounts.quotas import BAD_LIMIT, LIMIT_FIELDS, MAX_LIMIT
 from idlakd.accounts.passwords import LOGINS_BUSY
 from idlakd.accounts.throttle import THROTTLED, TOO_MANY_ATTEMPTS
 from idlakd.accounts.tokens import (ADMIN_REQUIRED, EXPIRED_TOKEN, INVALID_TOKEN, MISSING_HEADER,
@@ -58,6 +60,8 @@ def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[
 
 STR: Final = {"type": "string"}
 BOOL: Final = {"type": "boolean"}
+TIME: Final = {"type": "string", "format": "date-time"}
+TIME_OR_NULL: Final = {"type": ["string", "null"], "format": "date-time"}
 REF_VOICE: Final = {"$ref": "#/components/schemas/Voice"}
 REF_MESSAGE: Final = {"$ref": "#/components/schemas/Message"}
 
@@ -69,12 +73,19 @@ THROTTLED_429: Final = _error("Too many failed logins for this uid or address, o
                               "from this address (see Retry-After)", THROTTLED, TOO_MANY_ATTEMPTS)
 DATABASE_503: Final = _error("The database is busy or takes no writes (see Retry-After)",
                              Busy().message, DatabaseUnwritable().message)
-USER_401: Final = _error("No usable token", MISSING_HEADER, INVALID_TOKEN, EXPIRED_TOKEN, NO_SUCH_USER)
-ADMIN_401: Final = _error("No usable admin token", MISSING_HEADER, INVALID_TOKEN, EXPIRED_TOKEN,
-                          NO_SUCH_USER, ADMIN_REQUIRED)
+USER_401: Final = _error("No usable token or API key", MISSING_HEADER, INVALID_TOKEN,
+                         EXPIRED_TOKEN, NO_SUCH_USER, api_keys.KEY_INVALID, api_keys.KEY_EXPIRED,
+                         api_keys.KEY_ENDED)
+ADMIN_401: Final = _error("No usable admin token or API key", MISSING_HEADER, INVALID_TOKEN,
+                          EXPIRED_TOKEN, NO_SUCH_USER, api_keys.KEY_INVALID, api_keys.KEY_EXPIRED,
+                          api_keys.KEY_ENDED, ADMIN_REQUIRED)
 UID_PARAM: Final = {"name": "uid", "in": "path", "required": True, "schema": STR}
 NO_SUCH_USER_422: Final = _error("Unknown user", UNKNOWN_USER)
 SECURED: Final[list[dict[str, list[str]]]] = [{"bearer": []}]
+QUOTA_MINUTE_EXAMPLE: Final = "Quota exceeded: 100000 characters per minute; try again in 12 s"
+QUOTA_DAY_EXAMPLE: Final = "Quota exceeded: 500000 characters per day; try again in 3600 s"
+QUOTA_CONCURRENT_EXAMPLE: Final = ("Quota exceeded: 8 concurrent syntheses; try again when one "
+                                   "has ended")
 
 
 def _op(summary: str, responses: dict[str, Any], *, tag: str, security: bool = False,
@@ -94,6 +105,97 @@ def _op(summary: str, responses: dict[str, Any], *, tag: str, security: bool = F
     if params:
         op["parameters"] = params
     return op
+
+
+def _key_paths() -> dict[str, Any]:
+    """/auth/keys and /users/{uid}/keys: API keys."""
+    key = _obj({"id": STR, "name": STR, "prefix": STR, "created_at": TIME,
+                "last_used_at": TIME_OR_NULL, "expires_at": TIME_OR_NULL},
+               ["id", "name", "prefix", "created_at", "last_used_at", "expires_at"])
+    new_key = copy.deepcopy(key)
+    new_key["properties"]["key"] = STR
+    new_key["required"].insert(0, "key")
+    keys = _ok("Keys", _obj({"keys": {"type": "array", "items": key}}, ["keys"]))
+    key_param = {"name": "key_id", "in": "path", "required": True, "schema": STR}
+    revoked = _ok("Revoked", REF_MESSAGE, {"message": "API key '3f2a9c0d1e4b5a68' has been revoked"})
+    no_key = _error("No such key (of this user)", api_keys.NO_SUCH_KEY)
+    return {
+        "/auth/keys": {
+            "post": _op(
+                "Make an API key for oneself; the key is shown only here", tag="auth",
+                security=True,
+                body=_body(_obj({"name": STR, "expires_in_days": {
+                    "type": "integer", "minimum": 1, "maximum": api_keys.MAX_DAYS}}, ["name"])),
+                responses={
+                    "200": _ok("The new key", new_key),
+                    "400": BAD_JSON,
+                    "401": USER_401,
+                    "408": BODY_TIMEOUT,
+                    "413": TOO_LARGE,
+                    "422": _error("Bad field, or too many keys", f"name: {MISSING}",
+                                  f"name: {api_keys.NAME_RULE}",
+                                  f"expires_in_days: {api_keys.DAYS_RULE}",
+                                  api_keys.TOO_MANY_KEYS.format(
+                                      limit="<max_api_keys_per_user>")),
+                    "503": DATABASE_503,
+                }),
+            "get": _op("List one's own API keys (never the keys themselves)", tag="auth",
+                       security=True, responses={"200": keys, "401": USER_401}),
+        },
+        "/auth/keys/{key_id}": {"delete": _op(
+            "Revoke one of one's own API keys", tag="auth", security=True, params=[key_param],
+            responses={"200": revoked, "401": USER_401, "404": no_key, "503": DATABASE_503})},
+        "/users/{uid}/keys": {"get": _op(
+            "List a user's API keys", tag="users", security=True, params=[UID_PARAM],
+            responses={"200": keys, "401": ADMIN_401, "422": NO_SUCH_USER_422})},
+        "/users/{uid}/keys/{key_id}": {"delete": _op(
+            "Revoke a user's API key", tag="users", security=True, params=[UID_PARAM, key_param],
+            responses={"200": revoked, "401": ADMIN_401, "404": no_key, "503": DATABASE_503})},
+    }
+
+
+def _usage_paths() -> dict[str, Any]:
+    """/auth/usage and /users/{uid}/usage|limits: quotas and usage."""
+    count = {"type": "integer", "minimum": 0}
+    limits = _obj({name: count for name in LIMIT_FIELDS}, list(LIMIT_FIELDS))
+    overrides = _obj({name: {"type": ["integer", "null"], "minimum": 0} for name in LIMIT_FIELDS},
+                     list(LIMIT_FIELDS))
+    usage = _ok("Usage today (UTC) and this minute, syntheses running, the limits in force", _obj(
+        {"uid": STR, "day": STR, "requests": count, "characters": count,
+         "audio_seconds": {"type": "number"}, "minute_characters": count, "running": count,
+         "limits": limits},
+        ["uid", "day", "requests", "characters", "audio_seconds", "minute_characters", "running",
+         "limits"]))
+    limit_set = _ok("The limits in force (0: none), the overrides (null: default), the defaults",
+                    _obj({"uid": STR, "limits": limits, "overrides": overrides, "defaults": limits},
+                         ["uid", "limits", "overrides", "defaults"]))
+    change = {name: {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_LIMIT}
+              for name in LIMIT_FIELDS}
+    return {
+        "/auth/usage": {"get": _op(
+            "One's own usage and limits", tag="auth", security=True,
+            responses={"200": usage, "401": USER_401})},
+        "/users/{uid}/usage": {"get": _op(
+            "A user's usage and limits", tag="users", security=True, params=[UID_PARAM],
+            responses={"200": usage, "401": ADMIN_401, "422": NO_SUCH_USER_422})},
+        "/users/{uid}/limits": {
+            "get": _op("A user's quota limits", tag="users", security=True, params=[UID_PARAM],
+                       responses={"200": limit_set, "401": ADMIN_401, "422": NO_SUCH_USER_422}),
+            "put": _op(
+                "Set some of a user's quota limits (null: back to the default)", tag="users",
+                security=True, params=[UID_PARAM], body=_body(_obj(change)),
+                responses={
+                    "200": limit_set,
+                    "400": BAD_JSON,
+                    "401": ADMIN_401,
+                    "408": BODY_TIMEOUT,
+                    "413": TOO_LARGE,
+                    "422": _error("Unknown user, or a bad limit", UNKNOWN_USER,
+                                  f"concurrent: {BAD_LIMIT}", "colour: Unknown field."),
+                    "503": DATABASE_503,
+                }),
+        },
+    }
 
 
 def _voice_filters() -> dict[str, Any]:
@@ -128,7 +230,8 @@ def build_spec() -> dict[str, Any]:
                 "503": _error("Too many password checks waiting (see Retry-After)", LOGINS_BUSY),
             })},
         "/auth/expire": {"post": _op(
-            "Revoke the presented token until its own expiry (survives restarts)", tag="auth",
+            "Revoke the presented token until its own expiry (survives restarts); a presented "
+            "API key is revoked for good", tag="auth",
             security=True, responses={
                 "200": _ok("Revoked", REF_MESSAGE, {"message": "The token has been manually expired."}),
                 "401": USER_401,
@@ -197,6 +300,8 @@ def build_spec() -> dict[str, Any]:
                 "422": _error("Unknown user or the last admin", UNKNOWN_USER, ONLY_ADMIN),
                 "503": DATABASE_503,
             })},
+        **_key_paths(),
+        **_usage_paths(),
         "/languages": {"get": _op("Languages of all voices, sorted", tag="voices", responses={
             "200": _ok("Languages", _obj({"languages": {"type": "array", "items": STR}}, ["languages"])),
             "204": {"description": "No voices"},
@@ -244,16 +349,31 @@ def build_spec() -> dict[str, Any]:
                 "401": USER_401,
                 "408": BODY_TIMEOUT,
                 "413": _error("Body or text over its limit (max_body_bytes, max_text_length), or the "
-                              "audio over max_audio_seconds before the first byte was sent"),
+                              "audio over max_audio_seconds before the first byte was sent, or the text "
+                              "alone over a character quota"),
                 "422": _error("Bad field, blank text or refused markup",
                               f"voice_id: {MISSING} Provide a voice id", f"text: {MISSING}",
                               f"audio_format: Not a valid choice. Valid choices: {'|'.join(FORMATS)}",
                               "text: Must not be empty or blank."),
+                "429": _error("Over one of the caller's quotas (see Retry-After)",
+                              QUOTA_MINUTE_EXAMPLE, QUOTA_DAY_EXAMPLE, QUOTA_CONCURRENT_EXAMPLE),
                 "500": _error("Synthesis failed before the status line was sent",
                               "Speech synthesis failed"),
                 "503": _error("Queue full or shutting down (see Retry-After)",
                               "Server is busy, try again later",
                               "Server is shutting down, try again later"),
+            })},
+        "/": {"get": _op(
+            "Where to go: browsers to the admin page, API clients a JSON index", tag="operations",
+            responses={
+                "200": _ok("The index (an Accept without text/html)",
+                           _obj({"name": STR, "version": STR, "links": _obj(
+                               {"docs": STR, "openapi": STR, "admin": STR, "health": STR,
+                                "ready": STR})}, ["name", "version", "links"]),
+                           {"name": "idlakd", "version": __version__, "links": {
+                               "docs": "/docs", "openapi": "/openapi.json", "admin": "/admin",
+                               "health": "/healthz", "ready": "/readyz"}}),
+                "302": {"description": "A browser (Accept with text/html): Location /admin"},
             })},
         "/healthz": {"get": _op("Liveness: the process answers", tag="operations", responses={
             "200": _ok("Alive", _obj({"status": STR, "version": STR, "uptime_seconds": {"type": "number"}})),
@@ -295,8 +415,9 @@ def build_spec() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {
-                "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                "description": "Authorization: Bearer <token> (a bare <token> is accepted too)"}},
+                "type": "http", "scheme": "bearer", "bearerFormat": "JWT or API key",
+                "description": "Authorization: Bearer <token or API key> (a bare <token> is "
+                               "accepted too); API keys start with idk_"}},
             "schemas": {
                 "Error": _obj({"message": STR, "code": STR}, ["message"]),
                 "Message": _obj({"message": STR}, ["message"]),
