@@ -24,6 +24,8 @@ setup(
         "espeakng-loader>=0.2.4",
         "imageio-ffmpeg>=0.5",
         "prometheus-client>=0.20",
+        # say-as: numbers, ordinals and dates as words in many languages.
+        "num2words>=0.5.13",
     ],
     extras_require={
         "test": [
@@ -36,6 +38,8 @@ setup(
             "cryptography>=42",
             # Browser tests of the admin page; they drive Debian's chromium (no browser download).
             "playwright>=1.40",
+            # The OpenAI-compatible door is tested with the official client.
+            "openai>=1.50",
         ],
     },
     entry_points={"console_scripts": ["idlakd = idlakd.cli.main:main"]},

@@ -93,6 +93,14 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "Default most syntheses (speech requests) one user may run at once (429 above); "
             "0: no limit."),
     Setting("max_api_keys_per_user", "int", "100", "Most API keys one user may hold."),
+    Setting("openai_models", "str", "tts-1,tts-1-hd,gpt-4o-mini-tts",
+            "Model names /v1/audio/speech accepts (comma-separated); every one speaks with the "
+            "asked voice as it is."),
+    Setting("openai_voices", "str",
+            "alloy=sarah,ash=callum,ballad=callum,coral=alba,echo=callum,fable=alba,"
+            "nova=sarah,onyx=callum,sage=alba,shimmer=sarah,verse=callum",
+            "Voice aliases for /v1/audio/speech (name=voice_id, comma-separated): OpenAI's voice "
+            "names mapped to installed voices. A voice id is always accepted as itself."),
     Setting("workers_per_voice", "int", "2", "Most synthesis worker processes per voice."),
     Setting("max_concurrent_syntheses", "int", "4", "Most chunks synthesised at once, over all voices."),
     Setting("max_queue", "int", "64",
@@ -189,6 +197,8 @@ class Config:
     quota_chars_per_day: int
     quota_concurrent: int
     max_api_keys_per_user: int
+    openai_models: str
+    openai_voices: str
     workers_per_voice: int
     max_concurrent_syntheses: int
     max_queue: int

@@ -22,6 +22,7 @@ from tests.helpers.audio import decoded_seconds
 from idlakd.config import Config, load_config
 from idlakd.models import Voice
 from idlakd.synth import wav
+from idlakd.synth.options import SpeechOptions
 from idlakd.synth.synthesizer import Synthesizer
 from idlakd.synth.transcode import ffmpeg_executable
 from idlakd.web.audio import SpeechRequest, speak
@@ -48,7 +49,8 @@ async def speech(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     voice = request.app[voices_key][body["voice"]]
     return await speak(request, SpeechRequest(
-        voice, body["text"], body.get("format", "wav"), body.get("stream", True)))
+        voice, body["text"], body.get("format", "wav"),
+        SpeechOptions(stream=body.get("stream", True))))
 
 
 def tiny_app(config: Config, synthesizer: Synthesizer, *voices: Voice) -> web.Application:

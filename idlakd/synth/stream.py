@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import AsyncIterator, Callable
 
+from idlakd.synth.marks import Mark, MarkTrack
 from idlakd.synth.tasks import BackgroundTasks
 
 
@@ -41,7 +42,8 @@ class AudioStream:
 
     def __init__(self, content_type: str, length: int | None, body: AsyncIterator[bytes | memoryview],
                  resources: contextlib.AsyncExitStack, background: BackgroundTasks,
-                 on_abandon: Callable[[], None], meter: PcmMeter | None = None) -> None:
+                 on_abandon: Callable[[], None], meter: PcmMeter | None = None,
+                 marks: MarkTrack | None = None) -> None:
         self.content_type = content_type
         #: Exact byte count when known before the first byte (complete or cached answers).
         self.length = length
@@ -52,11 +54,16 @@ class AudioStream:
         self._closed = False
         self._counted = False
         self._meter = meter
+        self._marks = marks
 
     @property
     def audio_seconds(self) -> float | None:
         """Seconds of audio synthesised for the stream so far; None when not known (a cache hit)."""
         return None if self._meter is None else self._meter.seconds
+
+    def take_marks(self) -> list[Mark]:
+        """The marks of the audio made so far, not taken before (none unless options asked)."""
+        return [] if self._marks is None else self._marks.take()
 
     def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
         """The bytes, in order, as they are made."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from typing import AsyncGenerator, AsyncIterator, BinaryIO, Final, Iterator, Mapping, Sequence
@@ -21,6 +20,7 @@ from idlakd.synth.cache import AudioCache, CacheEntryWriter, cache_key, close_fi
 from idlakd.synth.document import Document, DocumentError, parse
 from idlakd.synth.encode import Encoder, spooled
 from idlakd.synth.limiter import SynthesisLimiter
+from idlakd.synth.options import SpeechOptions
 from idlakd.synth.pipeline import AudioTooLong, Flow, ordered_pcm
 from idlakd.synth.pool import VoicePool
 from idlakd.synth.stats import CacheStats, SynthStats
@@ -44,14 +44,6 @@ _ROOM_GRACE_SECONDS: Final = 1.0
 _CHECK_TEXT: Final = "Ready."
 _CHECK_OK_SECONDS: Final = 600.0
 _CHECK_FAILED_SECONDS: Final = 10.0
-
-
-@dataclasses.dataclass(frozen=True)
-class SpeechOptions:
-    """How a door wants its audio."""
-
-    #: True: bytes as they are made (length unknown). False: a complete file of known length.
-    stream: bool = True
 
 
 class Synthesizer:

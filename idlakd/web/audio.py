@@ -21,7 +21,7 @@ from aiohttp import HttpVersion11, web
 from idlakd.errors import Busy, IdlakdError, InvalidRequest, MalformedRequest, TooLarge
 from idlakd.models import Voice
 from idlakd.synth.stream import AudioStream
-from idlakd.synth.synthesizer import SpeechOptions
+from idlakd.synth.options import SpeechOptions
 from idlakd.synth.transcode import FORMATS
 from idlakd.web.keys import (config_key, quotas_key, runtime_key, store_key, synth_key,
                              user_key)
@@ -35,12 +35,17 @@ SHUTTING_DOWN: Final = "Server is shutting down, try again later"
 
 @dataclasses.dataclass(frozen=True)
 class SpeechRequest:
-    """A validated speech request: which voice says what, in which format, streamed or not."""
+    """A validated speech request: which voice says what, in which format, and how."""
 
     voice: Voice
     text: str
     audio_format: str
-    stream: bool
+    options: SpeechOptions = SpeechOptions()
+
+    @property
+    def stream(self) -> bool:
+        """Whether the audio is sent as it is made (else as a complete file)."""
+        return self.options.stream
 
 
 async def read_speech_request(request: web.Request) -> SpeechRequest:
@@ -63,7 +68,7 @@ async def read_speech_request(request: web.Request) -> SpeechRequest:
     limit = request.app[config_key].max_text_length
     if len(text) > limit:
         raise TooLarge(f"text: Longer than the limit of {limit} characters.")
-    return SpeechRequest(voice, text, audio_format, bool(stream))
+    return SpeechRequest(voice, text, audio_format, SpeechOptions(stream=bool(stream)))
 
 
 async def answer_speech(request: web.Request, speech: SpeechRequest) -> web.StreamResponse:
@@ -93,7 +98,7 @@ async def speak(request: web.Request, speech: SpeechRequest,
     synthesizer = request.app[synth_key]
     try:
         audio = await synthesizer.synthesise(
-            speech.voice, speech.text, speech.audio_format, SpeechOptions(stream=speech.stream))
+            speech.voice, speech.text, speech.audio_format, speech.options)
     except asyncio.CancelledError:
         # Cancelled while the first audio (or, not streaming, all of it) was being made.
         if _client_gone(request):
