@@ -26,6 +26,8 @@ setup(
         "prometheus-client>=0.20",
         # say-as: numbers, ordinals and dates as words in many languages.
         "num2words>=0.5.13",
+        # say-as dates: month names and date order per language (CLDR).
+        "babel>=2.14",
     ],
     extras_require={
         "test": [

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import unicodedata
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from idlakd.synth.document import (MAX_BREAK_SECONDS, Break, Chunk, Document, DocumentError, Text,
-                                   is_markup, parse)
+from idlakd.synth.document import (MAX_BREAK_SECONDS, Break, Chunk, Document, DocumentError,
+                                   Marker, Prosody, Text, clean, is_markup, parse)
 from idlakd.synth.text import MAX_CHUNK_CHARS, split_sentences
 
 
@@ -189,3 +190,59 @@ def test_chunks_are_bounded_lose_nothing_and_keep_words(
     for token in text.split():
         if len(token) <= bound:
             assert token in pieces
+
+
+def _texts(document: Document) -> list[Text]:
+    """Every text segment of a document, in order."""
+    return [s for c in document.chunks for s in c.segments if isinstance(s, Text)]
+
+
+def test_prosody_nests_and_reaches_the_segments() -> None:
+    """Rates multiply, semitones and decibels add; text outside keeps the voice's own (None)."""
+    document = parse('<speak>Plain. <prosody rate="150%" pitch="+2st" volume="loud">Outer '
+                     '<prosody rate="x-slow" pitch="-10%" volume="-3dB">inner</prosody> '
+                     'again.</prosody> <emphasis level="strong">Loud.</emphasis></speak>')
+    by_text = {t.text: t.prosody for t in _texts(document)}
+    assert by_text["Plain."] is None
+    assert by_text["Outer"] == Prosody(1.5, 2.0, 6.0)
+    inner = by_text["inner"]
+    assert inner is not None and inner.rate == 0.75 and inner.volume == 3.0
+    assert abs(inner.pitch - (2 + 12 * math.log2(0.9))) < 1e-9
+    assert by_text["again."] == Prosody(1.5, 2.0, 6.0)
+    assert by_text["Loud."] == Prosody(0.9, 1.0, 4.0)
+
+
+@pytest.mark.parametrize(("markup", "needle"), [
+    ('<prosody rate="fastest">x</prosody>', "<prosody>: rate 'fastest' is not one of"),
+    ('<prosody rate="900%">x</prosody>', "<prosody>: rate '900%' is outside"),
+    ('<prosody pitch="+200Hz">x</prosody>', "<prosody>: pitch '+200Hz' is not one of"),
+    ('<prosody pitch="+13st">x</prosody>', "<prosody>: pitch '+13st' is outside"),
+    ('<prosody volume="+20dB">x</prosody>', "<prosody>: volume '+20dB' is outside"),
+    ('<emphasis level="huge">x</emphasis>', "<emphasis>: level 'huge' is not one of"),
+    ('<mark/>x', "<mark> needs a name"),
+    ('<say-as>12</say-as>', "<say-as> needs interpret-as"),
+    ('<say-as interpret-as="cardinal"><p>12</p></say-as>', "<say-as> must contain text only"),
+])
+def test_bad_ssml_values_are_refused_by_element_and_line(markup: str, needle: str) -> None:
+    """A value the server cannot say is a DocumentError naming the element, the value and the line."""
+    with pytest.raises(DocumentError) as caught:
+        parse(f"<speak>\nHello.\n{markup}</speak>")
+    assert needle in str(caught.value) and "(line 3)" in str(caught.value)
+
+
+def test_words_keep_their_character_offsets() -> None:
+    """Every word of every chunk knows the characters it came from, through cleaning and markup."""
+    text = "  Caf\u0065\u0301 \x01au lait,\n\nvoil\u00e0 tout. " + "long " * 80
+    for chunk in parse(text, max_chunk_chars=40).chunks:
+        for segment in chunk.segments:
+            assert isinstance(segment, Text) and len(segment.spans) == len(segment.text.split())
+            for word, (start, end) in zip(segment.text.split(), segment.spans):
+                assert clean(text[start:end]) == word
+    markup = '<speak>One <sub alias="two">2</sub> <mark name="m"/>three &amp; four.</speak>'
+    document = parse(markup)
+    spans = [span for t in _texts(document) for span in t.spans]
+    # An entity's one character points at the start of the reference.
+    assert [markup[s:e] for s, e in spans][-3:] == ["three", "&", "four."]
+    marker = next(s for c in document.chunks for s in c.segments if isinstance(s, Marker))
+    assert markup[marker.start:marker.end] == '<mark name="m"/>'
+    assert markup[spans[0][0]:spans[0][1]] == "One"

@@ -172,7 +172,11 @@ def test_api_md_quotes_the_codes_messages_exactly() -> None:
     assert not [m for m in messages if m not in text]
 
 
-MARKUP_VALUES = {"time": "1s", "strength": "weak"}
+MARKUP_VALUES = {"time": "1s", "strength": "weak", "rate": "fast", "pitch": "+2st",
+                 "volume": "+3dB", "level": "strong", "interpret-as": "characters", "name": "m",
+                 "xml:lang": "en-GB"}
+# Attributes an element cannot go without.
+MARKUP_REQUIRED = {"say-as": "interpret-as", "mark": "name"}
 
 
 def test_api_md_markup_allowlist_is_what_the_parser_accepts() -> None:
@@ -181,7 +185,8 @@ def test_api_md_markup_allowlist_is_what_the_parser_accepts() -> None:
     for elements_cell, attributes_cell in rows:
         for element in re.findall(r"`([\w-]+)`", elements_cell):
             for attribute in re.findall(r"`([\w:-]+)`", attributes_cell) or [""]:
-                extra = f' {attribute}="{MARKUP_VALUES.get(attribute, "x")}"' if attribute else ""
+                names = {attribute, MARKUP_REQUIRED.get(element, "")} - {""}
+                extra = "".join(f' {name}="{MARKUP_VALUES.get(name, "x")}"' for name in names)
                 document = parse(f"<speak><{element}{extra}>Hello there.</{element}></speak>")
                 assert document.chunks, (element, attribute)
     for refused in ("<speak><audio src='x'/>Hi.</speak>", "<speak><p style='x'>Hi.</p></speak>"):

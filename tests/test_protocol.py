@@ -14,8 +14,12 @@ from hypothesis import strategies as st
 from idlakd.worker.protocol import (
     MAX_HEADER_BYTES,
     Frame,
+    MarkPoint,
     ProtocolError,
+    Words,
+    decode_request,
     encode_frame,
+    encode_request,
     read_frame,
     read_frame_sync,
     write_frame_sync,
@@ -193,3 +197,24 @@ def test_round_trip_property(kind: str, payload: bytes, fields: dict[str, object
     """Any type, payload and JSON fields survive encode -> read_frame_sync unchanged."""
     frame = read_frame_sync(io.BytesIO(encode_frame(kind, payload, **fields) * 2))
     assert frame == Frame(kind, {"type": kind, **fields, "payload_length": len(payload)}, payload)
+
+
+def test_synthesis_requests_carry_prosody_marks_and_the_events_flag() -> None:
+    """Segments decode to words with prosody, breaks and marks; events only when asked."""
+    payload = encode_request([{"text": "Hi", "prosody": {"rate": 1.5, "pitch": -2, "volume": 3}},
+                              {"break_ms": 200}, {"mark": "m1"}, {"text": "there"}], events=True)
+    request = decode_request(payload)
+    assert request.events is True
+    assert request.segments == [Words("Hi", 1.5, -2.0, 3.0), 200, MarkPoint("m1"), Words("there")]
+    assert decode_request(encode_request([{"text": "x"}])).events is False
+
+
+@pytest.mark.parametrize("segment", [
+    {"text": "x", "prosody": {"rate": 9}}, {"text": "x", "prosody": {"rate": True}},
+    {"text": "x", "prosody": {"speed": 1}}, {"text": "x", "prosody": [1]},
+    {"mark": "m" * 65}, {"mark": 3}, {"break_ms": -1},
+])
+def test_bad_segments_are_protocol_errors(segment: dict[str, Any]) -> None:
+    """Out-of-bounds prosody, unknown keys and oversized marks are refused by the worker."""
+    with pytest.raises(ProtocolError):
+        decode_request(encode_request([segment]))

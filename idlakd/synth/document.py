@@ -2,20 +2,27 @@
 
 No engine ever sees request text as it came: plain text is normalised (NFC,
 control characters removed) and markup (SSML, or Idlak's XML) is parsed here
-with an allowlist of elements and attributes into text runs and breaks. A
-worker gets segments (``{"text": ...}`` or ``{"break_ms": ...}``) and each
-engine renders only those (see ``idlakd.worker.engines``).
+with an allowlist of elements and attributes into text runs, breaks and marks;
+``say-as`` is turned into words here (idlakd.synth.sayas), so every engine says
+the same. A worker gets segments (``{"text", "prosody"?}``, ``{"break_ms"}``,
+``{"mark"}``) and each engine renders only those (see ``idlakd.worker.engines``).
+Every word keeps the character offsets of what it came from in the request
+text, so timing marks can point into it.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import math
 import re
 import unicodedata
 from typing import Any, Callable, Final
 from xml.parsers import expat
 
-from idlakd.synth.text import MAX_CHUNK_CHARS, cut_sentence, split_sentences
+from idlakd.synth.options import PITCH_RANGE, SPEED_RANGE, VOLUME_RANGE
+from idlakd.synth.sayas import SayAsError, say_as
+from idlakd.synth.text import MAX_CHUNK_CHARS, cut_sentence, sentence_spans
 
 #: One break may last at most this long, whatever the markup asks.
 MAX_BREAK_SECONDS: Final = 10.0
@@ -35,11 +42,14 @@ _MARKUP_START: Final = re.compile(r"<[A-Za-z_?!]")
 # Removed from every text: C0 and C1 control characters except tab, newline and
 # carriage return (whitespace). eSpeak reads U+0001 as "embedded command follows".
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_KEPT: Final = re.compile(r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]+")
+_WORD: Final = re.compile(r"\S+")
 _TIME: Final = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s)?\s*$")
 # SSML's break strengths as pauses (seconds).
 _STRENGTHS: Final = {"none": 0.0, "x-weak": 0.1, "weak": 0.25, "medium": 0.4,
                      "strong": 0.75, "x-strong": 1.2}
 _MAX_ATTRIBUTE_CHARS: Final = 64
+TEXT_TYPE_ERROR: Final = "text_type 'ssml' needs markup: the text must start with <speak>."
 
 
 class DocumentError(ValueError):
@@ -47,14 +57,48 @@ class DocumentError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class Prosody:
+    """How a stretch of text is said relative to the voice: rate factor, semitones, decibels."""
+
+    rate: float = 1.0
+    pitch: float = 0.0
+    volume: float = 0.0
+
+    def within(self, outer: "Prosody") -> "Prosody":
+        """This prosody nested inside outer (factors multiply, shifts add), kept in bounds."""
+        return Prosody(_bounded(self.rate * outer.rate, SPEED_RANGE),
+                       _bounded(self.pitch + outer.pitch, PITCH_RANGE),
+                       _bounded(self.volume + outer.volume, VOLUME_RANGE))
+
+    def wire(self) -> dict[str, float]:
+        """The prosody as the worker protocol carries it."""
+        return {"rate": round(self.rate, 4), "pitch": round(self.pitch, 3),
+                "volume": round(self.volume, 3)}
+
+
+NEUTRAL: Final = Prosody()
+
+
+def _bounded(value: float, bounds: tuple[float, float]) -> float:
+    """value clamped into bounds."""
+    return min(max(value, bounds[0]), bounds[1])
+
+
+@dataclasses.dataclass(frozen=True)
 class Text:
     """Words to speak, already normalised: no control characters, no markup."""
 
     text: str
+    #: How to say them; None: as the voice does.
+    prosody: Prosody | None = None
+    #: Per word of text: (start, end) character offsets of its source in the request text.
+    spans: tuple[tuple[int, int], ...] = dataclasses.field(default=(), compare=False)
 
     def wire(self) -> dict[str, Any]:
         """The segment as the worker protocol carries it."""
-        return {"text": self.text}
+        if self.prosody is None:
+            return {"text": self.text}
+        return {"text": self.text, "prosody": self.prosody.wire()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +112,26 @@ class Break:
         return {"break_ms": self.ms}
 
 
-Segment = Text | Break
+@dataclasses.dataclass(frozen=True)
+class Marker:
+    """An SSML <mark>: a named point in the audio (the worker reports where it falls)."""
+
+    name: str
+    #: Character offsets of the <mark> element in the request text.
+    start: int = dataclasses.field(default=0, compare=False)
+    end: int = dataclasses.field(default=0, compare=False)
+
+    def wire(self) -> dict[str, Any]:
+        """The segment as the worker protocol carries it."""
+        return {"mark": self.name}
+
+
+Segment = Text | Break | Marker
 
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
-    """One unit of work for a worker: a sentence (or part of one) and the breaks around it."""
+    """One unit of work for a worker: a sentence (or part of one) and the breaks and marks around it."""
 
     segments: tuple[Segment, ...]
 
@@ -81,6 +139,13 @@ class Chunk:
     def text(self) -> str:
         """The words of the chunk (for logs and estimates)."""
         return " ".join(s.text for s in self.segments if isinstance(s, Text))
+
+    def source(self) -> tuple[int, int] | None:
+        """(start, end) offsets of the chunk's words in the request text; None if unknown."""
+        spans = [span for s in self.segments if isinstance(s, Text) for span in s.spans]
+        if not spans:
+            return None
+        return min(span[0] for span in spans), max(span[1] for span in spans)
 
     def wire(self) -> list[dict[str, Any]]:
         """The segments as the worker protocol carries them."""
@@ -100,6 +165,16 @@ class Document:
         return self.characters / FAST_CHARS_PER_SECOND + self.break_seconds
 
 
+@dataclasses.dataclass
+class _Run:
+    """Text to speak with one prosody, and each character's source offsets in the request text."""
+
+    text: str
+    starts: list[int]
+    ends: list[int]
+    prosody: Prosody | None = None
+
+
 def is_markup(text: str) -> bool:
     """Whether the text is meant as an XML document rather than plain text."""
     return _MARKUP_START.match(text.lstrip()) is not None
@@ -110,31 +185,112 @@ def clean(text: str) -> str:
     return _CONTROL.sub("", unicodedata.normalize("NFC", text))
 
 
+def _clean_run(run: _Run) -> _Run:
+    """The run cleaned like clean(), each character keeping (roughly) its source offsets."""
+    text = run.text
+    if _CONTROL.search(text) is None and unicodedata.is_normalized("NFC", text):
+        return run
+    pieces: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    for match in _KEPT.finditer(text):
+        begin, end = match.span()
+        pieces.append(match.group())
+        starts.extend(run.starts[begin:end])
+        ends.extend(run.ends[begin:end])
+    text = "".join(pieces)
+    if unicodedata.is_normalized("NFC", text):
+        return _Run(text, starts, ends, run.prosody)
+    # Normalised word by word: a composed character points at its whole source word.
+    out: list[str] = []
+    out_starts: list[int] = []
+    out_ends: list[int] = []
+    position = 0
+    for match in _WORD.finditer(text):
+        begin, end = match.span()
+        out.append(text[position:begin])
+        out_starts.extend(starts[position:begin])
+        out_ends.extend(ends[position:begin])
+        word = unicodedata.normalize("NFC", match.group())
+        out.append(word)
+        out_starts.extend([starts[begin]] * len(word))
+        out_ends.extend([ends[end - 1]] * len(word))
+        position = end
+    out.append(text[position:])
+    out_starts.extend(starts[position:])
+    out_ends.extend(ends[position:])
+    return _Run("".join(out), out_starts, out_ends, run.prosody)
+
+
+def _plain_run(text: str) -> _Run:
+    """Plain request text as a run: every character is its own source."""
+    return _Run(text, list(range(len(text))), list(range(1, len(text) + 1)))
+
+
 def parse(text: str, max_break_share: float = 0.5,
-          max_chunk_chars: int = MAX_CHUNK_CHARS) -> Document:
-    """The document for a request's text: markup parsed, plain text cleaned; DocumentError if unusable."""
-    runs = _parse_markup(text) if is_markup(text) else [clean(text)]
+          max_chunk_chars: int = MAX_CHUNK_CHARS, text_type: str = "auto",
+          prosody: Prosody | None = None, lang: str = "en") -> Document:
+    """The document for a request's text: markup parsed, plain text cleaned; DocumentError if unusable.
+
+    text_type "auto" reads markup when the text starts like an XML document,
+    "text" never does, "ssml" always does. prosody applies to the whole text
+    (markup nests inside it); lang is the voice's language (for say-as).
+    """
+    markup = is_markup(text) if text_type == "auto" else text_type == "ssml"
+    if text_type == "ssml" and not is_markup(text):
+        raise DocumentError(TEXT_TYPE_ERROR)
+    if markup:
+        items = _parse_markup(text, prosody or NEUTRAL, lang)
+    else:
+        run = _plain_run(text)
+        run.prosody = prosody
+        items = [run]
     chunks: list[Chunk] = []
-    pending: list[Segment] = []  # breaks before the first words
+    pending: list[Segment] = []  # breaks and marks before the first words
     characters = 0
     breaks = 0.0
-    for run in runs:
-        if isinstance(run, Break):
-            breaks += run.ms / 1000
+    for item in items:
+        if isinstance(item, (Break, Marker)):
+            if isinstance(item, Break):
+                breaks += item.ms / 1000
             if chunks:
-                chunks[-1] = Chunk((*chunks[-1].segments, run))
+                chunks[-1] = Chunk((*chunks[-1].segments, item))
             else:
-                pending.append(run)
+                pending.append(item)
             continue
-        for sentence in split_sentences(run):
-            for piece in cut_sentence(sentence, max_chunk_chars):
-                characters += len(piece)
-                chunks.append(Chunk((*pending, Text(piece))))
-                pending = []
+        run = _clean_run(item)
+        for piece in _pieces(run, max_chunk_chars):
+            characters += len(piece.text)
+            chunks.append(Chunk((*pending, piece)))
+            pending = []
     if not chunks:
         raise DocumentError("Text has nothing to say.")
     _check_breaks(breaks, characters, max_break_share)
     return Document(tuple(chunks), characters, breaks)
+
+
+def _pieces(run: _Run, limit: int) -> list[Text]:
+    """A run cut into sentences and pieces of at most limit characters, each word with its source span."""
+    pieces: list[Text] = []
+    text = run.text
+    for begin, end in sentence_spans(text):
+        words = [(m.group(), min(run.starts[m.start():m.end()]), max(run.ends[m.start():m.end()]))
+                 for m in _WORD.finditer(text, begin, end)]
+        if not words:
+            continue
+        sentence = " ".join(word for word, _start, _end in words)
+        cursor = 0  # the word the next token starts in
+        used = 0  # characters of that word already in earlier pieces (a hard cut)
+        for piece in cut_sentence(sentence, limit):
+            spans: list[tuple[int, int]] = []
+            for token in piece.split():
+                word, start, stop = words[cursor]
+                spans.append((start, stop))
+                used += len(token)
+                if used >= len(word):
+                    cursor, used = cursor + 1, 0
+            pieces.append(Text(piece, run.prosody, tuple(spans)))
+    return pieces
 
 
 def _check_breaks(breaks: float, characters: int, share: float) -> None:
@@ -150,8 +306,7 @@ def _check_breaks(breaks: float, characters: int, share: float) -> None:
 # -- markup -------------------------------------------------------------------
 
 #: Allowed elements and, for each, its allowed attributes. SSML's structure and
-#: Idlak's (doc, parl, spurt) are containers; prosody, emphasis, say-as and lang
-#: are read as containers too until the speech options give them meaning.
+#: Idlak's (doc, parl, spurt) are containers; lang sets the language say-as uses.
 _ELEMENTS: Final[dict[str, frozenset[str]]] = {
     "speak": frozenset({"version", "xml:lang", "lang"}),
     "doc": frozenset(),
@@ -169,28 +324,101 @@ _ELEMENTS: Final[dict[str, frozenset[str]]] = {
 }
 # Elements whose end closes a sentence.
 _BLOCKS: Final = frozenset({"speak", "doc", "parl", "spurt", "p", "s"})
+# Elements whose text is said differently: their start and end end the current run.
+_VOICED: Final = frozenset({"prosody", "emphasis"})
+_RATES: Final = {"x-slow": 0.5, "slow": 0.75, "medium": 1.0, "default": 1.0, "fast": 1.3,
+                 "x-fast": 1.7}
+_PITCHES: Final = {"x-low": -6.0, "low": -3.0, "medium": 0.0, "default": 0.0, "high": 3.0,
+                   "x-high": 6.0}
+# "silent" is the quietest idlakd makes, not silence.
+_VOLUMES: Final = {"silent": VOLUME_RANGE[0], "x-soft": -12.0, "soft": -6.0, "medium": 0.0,
+                   "default": 0.0, "loud": 6.0, "x-loud": 10.0}
+_EMPHASIS: Final = {"strong": Prosody(0.9, 1.0, 4.0), "moderate": Prosody(0.95, 0.5, 2.0),
+                    "none": NEUTRAL, "reduced": Prosody(1.05, -0.5, -3.0)}
+_NUMBER: Final = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d+)?|\.\d+))\s*(%|st|dB|db|Hz|hz)?\s*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+    """An open element: its name, and the prosody and language in force inside it."""
+
+    name: str
+    prosody: Prosody
+    lang: str
+
+
+class _SourceIndex:
+    """Character offsets in the request text of the byte offsets expat reports."""
+
+    def __init__(self, text: str, lead: int, encoded: bytes) -> None:
+        self._lead = lead
+        self._starts: list[int] | None = None
+        if len(encoded) != len(text):  # not ASCII: bytes and characters differ
+            offsets = [0]
+            for char in text:
+                offsets.append(offsets[-1] + len(char.encode("utf-8", "surrogatepass")))
+            self._starts = offsets
+
+    def char(self, byte: int) -> int:
+        """The request-text character offset of a byte offset into the parsed markup."""
+        if self._starts is None:
+            return self._lead + byte
+        return self._lead + bisect.bisect_right(self._starts, byte) - 1
 
 
 class _MarkupReader:
-    """Expat handlers that turn allowed markup into text runs and breaks, refusing the rest."""
+    """Expat handlers that turn allowed markup into runs, breaks and marks, refusing the rest."""
 
-    def __init__(self, parser: Any) -> None:
+    def __init__(self, parser: Any, source: str, index: _SourceIndex, prosody: Prosody,
+                 lang: str) -> None:
         self._parser = parser
-        self.runs: list[str | Break] = []
+        self._source = source
+        self._index = index
+        self._base = _Frame("", prosody, lang)
+        self.items: list[_Run | Break | Marker] = []
         self._text: list[str] = []
-        self._stack: list[str] = []
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self._stack: list[_Frame] = []
         self._alias_depth: int | None = None
+        self._say_as: tuple[dict[str, str], list[str], list[int]] | None = None
 
     def _where(self) -> str:
         """The parser's position, for error messages."""
         return f"line {self._parser.CurrentLineNumber}"
 
+    def _position(self) -> int:
+        """The request-text character offset where the current event starts."""
+        return self._index.char(self._parser.CurrentByteIndex)
+
+    def _tag_end(self, start: int) -> int:
+        """The offset just after the tag that starts at start."""
+        end = self._source.find(">", start)
+        return len(self._source) if end < 0 else end + 1
+
+    @property
+    def _top(self) -> _Frame:
+        """The innermost open element (the document's defaults outside any)."""
+        return self._stack[-1] if self._stack else self._base
+
+    def _add(self, text: str, start: int, end: int | None = None) -> None:
+        """Text for the current run: each character from start on, or all of it from start..end."""
+        self._text.append(text)
+        if end is None:
+            self._starts.extend(range(start, start + len(text)))
+            self._ends.extend(range(start + 1, start + len(text) + 1))
+        else:
+            self._starts.extend([start] * len(text))
+            self._ends.extend([end] * len(text))
+
     def _flush(self) -> None:
-        """End the current text run (at a block end or a break)."""
-        text = clean("".join(self._text))
-        self._text = []
+        """End the current text run (at a block end, a break, a mark or a change of prosody)."""
+        text = "".join(self._text)
         if text.strip():
-            self.runs.append(text)
+            prosody = self._top.prosody
+            self.items.append(_Run(text, self._starts, self._ends,
+                                   None if prosody == NEUTRAL else prosody))
+        self._text, self._starts, self._ends = [], [], []
 
     def start(self, tag: str, attributes: dict[str, str]) -> None:
         """An element opens: check it and its attributes against the allowlist."""
@@ -199,6 +427,42 @@ class _MarkupReader:
             raise DocumentError(f"<{name}> is not allowed in markup ({self._where()}).")
         if len(self._stack) >= MAX_DEPTH:
             raise DocumentError(f"<{name}>: markup nested deeper than {MAX_DEPTH} ({self._where()}).")
+        if self._say_as is not None:
+            raise DocumentError(f"<say-as> must contain text only, not <{name}> ({self._where()}).")
+        values = self._attributes(name, attributes)
+        top = self._top
+        prosody = top.prosody
+        if name in _BLOCKS or name in _VOICED or name in ("break", "mark"):
+            self._flush()
+        if name == "prosody":
+            prosody = self._prosody(values).within(prosody)
+        elif name == "emphasis":
+            level = values.get("level", "moderate")
+            if level not in _EMPHASIS:
+                raise DocumentError(f"<emphasis>: level {level!r} is not one of "
+                                    f"{', '.join(_EMPHASIS)} ({self._where()}).")
+            prosody = _EMPHASIS[level].within(prosody)
+        elif name == "break":
+            self.items.append(Break(round(_break_seconds(values, self._where) * 1000)))
+        elif name == "mark":
+            if not values.get("name", "").strip():
+                raise DocumentError(f"<mark> needs a name ({self._where()}).")
+            start = self._position()
+            self.items.append(Marker(values["name"], start, self._tag_end(start)))
+        elif name == "say-as":
+            if "interpret-as" not in values:
+                raise DocumentError(f"<say-as> needs interpret-as ({self._where()}).")
+            self._say_as = (values, [], [])
+        elif name == "sub" and self._alias_depth is None:
+            # The alias is spoken instead of the element's content.
+            start = self._position()
+            self._add(f" {clean(values.get('alias', ''))} ", start, self._tag_end(start))
+            self._alias_depth = len(self._stack) + 1
+        lang = values.get("xml:lang", top.lang)
+        self._stack.append(_Frame(name, prosody, lang))
+
+    def _attributes(self, name: str, attributes: dict[str, str]) -> dict[str, str]:
+        """The element's attributes by name, each allowed and bounded."""
         allowed = _ELEMENTS[name]
         values: dict[str, str] = {}
         for raw, value in attributes.items():
@@ -210,34 +474,101 @@ class _MarkupReader:
                 raise DocumentError(f"<{name}>: attribute '{attribute}' is longer than "
                                     f"{_MAX_ATTRIBUTE_CHARS} characters ({self._where()}).")
             values[attribute] = value
-        self._stack.append(name)
-        if name in _BLOCKS:
-            self._flush()
-        elif name == "break":
-            self._flush()
-            self.runs.append(Break(round(_break_seconds(values, self._where) * 1000)))
-        elif name == "sub" and self._alias_depth is None:
-            # The alias is spoken instead of the element's content.
-            self._text.append(f" {values.get('alias', '')} ")
-            self._alias_depth = len(self._stack)
+        return values
+
+    def _prosody(self, values: dict[str, str]) -> Prosody:
+        """A <prosody>'s rate, pitch and volume (range, contour and duration are accepted, unused)."""
+        rate, pitch, volume = 1.0, 0.0, 0.0
+        if "rate" in values:
+            rate = self._measure("rate", values["rate"], _RATES, ("%", None))
+            if values["rate"].strip().endswith("%"):
+                rate /= 100
+            if not SPEED_RANGE[0] <= rate <= SPEED_RANGE[1]:
+                raise DocumentError(f"<prosody>: rate {values['rate']!r} is outside "
+                                    f"{SPEED_RANGE[0]:g}-{SPEED_RANGE[1]:g} times the voice's "
+                                    f"({self._where()}).")
+        if "pitch" in values:
+            pitch = self._measure("pitch", values["pitch"], _PITCHES, ("st", "%"))
+            if "%" in values["pitch"]:
+                if pitch <= -100:
+                    raise DocumentError(f"<prosody>: pitch {values['pitch']!r} is not a pitch "
+                                        f"({self._where()}).")
+                pitch = 12 * math.log2(1 + pitch / 100)
+            pitch = _checked(pitch, PITCH_RANGE, "pitch", values["pitch"], self._where)
+        if "volume" in values:
+            volume = self._measure("volume", values["volume"], _VOLUMES, ("dB", "db"))
+            volume = _checked(volume, VOLUME_RANGE, "volume", values["volume"], self._where)
+        return Prosody(rate, pitch, volume)
+
+    def _measure(self, attribute: str, value: str, words: dict[str, float],
+                 units: tuple[str | None, ...]) -> float:
+        """A prosody attribute's value: a word from words, or a number with one of units."""
+        if value.strip() in words:
+            return words[value.strip()]
+        match = _NUMBER.match(value)
+        unit = match.group(2) if match else None
+        if match is None or unit not in units:
+            shown = ", ".join(f"'{u}'" for u in units if u) or "no unit"
+            raise DocumentError(f"<prosody>: {attribute} {value!r} is not one of "
+                                f"{', '.join(words)} or a number with {shown} "
+                                f"({self._where()}).")
+        return float(match.group(1))
 
     def end(self, tag: str) -> None:
         """An element closes."""
-        name = self._stack.pop()
+        name = self._stack[-1].name
+        if name == "say-as":
+            self._speak_as()
+        if name in _BLOCKS or name in _VOICED:
+            self._flush()
+        self._stack.pop()
         if self._alias_depth is not None and len(self._stack) < self._alias_depth:
             self._alias_depth = None
-        if name in _BLOCKS:
-            self._flush()
+
+    def _speak_as(self) -> None:
+        """A <say-as> ends: its text, normalised to words, joins the run (pointing at its source)."""
+        assert self._say_as is not None
+        values, pieces, starts = self._say_as
+        self._say_as = None
+        if self._alias_depth is not None:
+            return
+        content = clean("".join(pieces))
+        if not content.strip():
+            return
+        try:
+            words = say_as(values["interpret-as"], content.strip(), self._top.lang,
+                           values.get("format"), values.get("detail"))
+        except SayAsError as exc:
+            raise DocumentError(f"<say-as>: {exc} ({self._where()}).") from None
+        self._add(f" {clean(words)} ", min(starts), self._position())
 
     def data(self, text: str) -> None:
         """Character data: part of the current run (unless inside a <sub> with an alias)."""
-        if self._alias_depth is None:
-            self._text.append(text)
+        if self._alias_depth is not None:
+            return
+        if self._say_as is not None:
+            self._say_as[1].append(text)
+            self._say_as[2].append(self._position())
+            return
+        self._add(text, self._position())
+
+    def flush_rest(self) -> None:
+        """The document ended: text outside any block (Idlak's loose XML) is a run too."""
+        self._flush()
 
     @staticmethod
     def refuse_doctype(*_args: Any) -> None:
         """No DTD: no entity expansion and no external references, whatever follows."""
         raise DocumentError("Markup must not contain DOCTYPE or ENTITY declarations.")
+
+
+def _checked(value: float, bounds: tuple[float, float], attribute: str, raw: str,
+             where: Callable[[], str]) -> float:
+    """value if inside bounds, else a DocumentError naming the attribute."""
+    if not bounds[0] <= value <= bounds[1]:
+        raise DocumentError(f"<prosody>: {attribute} {raw!r} is outside {bounds[0]:g} to "
+                            f"{bounds[1]:+g} ({where()}).")
+    return value
 
 
 def _local_name(tag: str, where: Callable[[], str]) -> str:
@@ -278,10 +609,13 @@ def _break_seconds(values: dict[str, str], where: Callable[[], str]) -> float:
     return _STRENGTHS[strength]
 
 
-def _parse_markup(text: str) -> list[str | Break]:
-    """Parse an XML document with the allowlist into text runs and breaks."""
+def _parse_markup(text: str, prosody: Prosody, lang: str) -> list[_Run | Break | Marker]:
+    """Parse an XML document with the allowlist into runs, breaks and marks."""
     parser = expat.ParserCreate("utf-8", namespace_separator=" ")
-    reader = _MarkupReader(parser)
+    stripped = text.strip()
+    encoded = stripped.encode("utf-8", "surrogatepass")
+    index = _SourceIndex(stripped, len(text) - len(text.lstrip()), encoded)
+    reader = _MarkupReader(parser, text, index, prosody, lang)
     parser.StartElementHandler = reader.start
     parser.EndElementHandler = reader.end
     parser.CharacterDataHandler = reader.data
@@ -291,10 +625,11 @@ def _parse_markup(text: str) -> list[str | Break]:
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     parser.ExternalEntityRefHandler = lambda *_args: 0
     try:
-        parser.Parse(text.strip().encode("utf-8", "surrogatepass"), True)
+        parser.Parse(encoded, True)
     except expat.ExpatError as exc:
         raise DocumentError(f"Markup is not well-formed XML ({expat.ErrorString(exc.code)}, "
                             f"line {exc.lineno}).") from None
     except RecursionError:
         raise DocumentError("Markup is nested too deeply.") from None
-    return reader.runs
+    reader.flush_rest()
+    return reader.items

@@ -16,9 +16,10 @@ from typing import Any, AsyncGenerator, AsyncIterator, Final, Sequence
 
 from idlakd.synth.document import Chunk
 from idlakd.synth.limiter import Admission, Lease
+from idlakd.synth.marks import MarkTrack
 from idlakd.synth.pool import VoicePool
 from idlakd.synth.tasks import cancel_and_wait
-from idlakd.synth.workers import SynthesisError
+from idlakd.synth.workers import ChunkEvent, SynthesisError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class ChunkAudio:
         self._flow = flow
         self._bound = bound
         self._lease: Lease | None = None
+        #: The worker's events not yet placed as marks, in arrival order.
+        self.events: list[ChunkEvent] = []
 
     def hold(self, lease: Lease) -> None:
         """The chunk's synthesis slot, given back while the chunk waits for room."""
@@ -106,6 +109,10 @@ class ChunkAudio:
                     async with asyncio.timeout(remaining):
                         await self._room.wait()
 
+    def event(self, event: ChunkEvent) -> None:
+        """The event sink given to the pool: kept until its audio is handed out."""
+        self.events.append(event)
+
     def finished(self, _task: asyncio.Task[Any]) -> None:
         """Done callback of the chunk's task: wake the consumer to see the end (or failure)."""
         self._changed.set()
@@ -126,8 +133,16 @@ class ChunkAudio:
         await self._changed.wait()
 
 
+def _place(marks: MarkTrack, chunk: Chunk, audio: ChunkAudio, start: int, rate: int,
+           until: int | None) -> None:
+    """Turn the chunk's events up to sample until (None: all) into marks."""
+    while audio.events and (until is None or audio.events[0].sample <= until):
+        marks.place(chunk, audio.events.pop(0), start, rate)
+
+
 async def ordered_pcm(pool: VoicePool, chunks: Sequence[Chunk], admission: Admission, flow: Flow,
-                      max_audio_seconds: float) -> AsyncGenerator[tuple[int, bytes], None]:
+                      max_audio_seconds: float, marks: MarkTrack | None = None
+                      ) -> AsyncGenerator[tuple[int, bytes], None]:
     """Yield (rate, PCM) strictly in text order while the next chunks synthesise in parallel.
 
     The first audio is yielded as soon as its worker sends it, before the
@@ -136,6 +151,8 @@ async def ordered_pcm(pool: VoicePool, chunks: Sequence[Chunk], admission: Admis
     later chunk, synthesised meanwhile, comes out when it becomes the head.
     Every chunk yields at least once (empty PCM if it had no audio). Past
     max_audio_seconds of audio, AudioTooLong is raised and synthesis stops.
+    With marks, each chunk's marks are placed as its audio is yielded (a mark
+    is due once the audio it points at has been).
     """
     # Enough chunks in flight to keep every worker of the voice busy, plus
     # the one being consumed; a bound, so a long text never piles up audio.
@@ -148,13 +165,16 @@ async def ordered_pcm(pool: VoicePool, chunks: Sequence[Chunk], admission: Admis
         while index < len(chunks) or pending:
             while index < len(chunks) and len(pending) < lookahead:
                 audio = ChunkAudio(flow)
-                task = asyncio.create_task(
-                    pool.stream(chunks[index], audio.put, admission, audio.hold))
+                task = asyncio.create_task(pool.stream(
+                    chunks[index], audio.put, admission, audio.hold,
+                    None if marks is None else audio.event))
                 task.add_done_callback(audio.finished)
                 pending.append((task, audio))
                 index += 1
             # The head stays in `pending` until done, so cancellation reaches it too.
             task, audio = pending[0]
+            chunk = chunks[index - len(pending)]
+            chunk_start = produced // 2  # samples before this chunk
             yielded = False
             while True:
                 if audio.size and (first or task.done() or audio.size >= PIECE_BYTES):
@@ -164,6 +184,8 @@ async def ordered_pcm(pool: VoicePool, chunks: Sequence[Chunk], admission: Admis
                     # Counted in samples of the chunk's rate (every chunk shares it).
                     if produced > int(max_audio_seconds * rate) * 2:
                         raise AudioTooLong(max_audio_seconds)
+                    if marks is not None:
+                        _place(marks, chunk, audio, chunk_start, rate, produced // 2 - chunk_start)
                     yield rate, pcm
                     yielded, first = True, False
                 elif task.done():
@@ -172,6 +194,8 @@ async def ordered_pcm(pool: VoicePool, chunks: Sequence[Chunk], admission: Admis
                     await audio.wait(1 if first else PIECE_BYTES)
             rate = await task  # the chunk's failure, if any, is raised here
             pending.pop(0)
+            if marks is not None:
+                _place(marks, chunk, audio, chunk_start, rate, None)
             if not yielded:
                 yield rate, b""
     finally:

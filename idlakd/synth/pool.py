@@ -16,8 +16,8 @@ from idlakd.synth.document import Chunk
 from idlakd.synth.limiter import Admission, Lease, SynthesisLimiter
 from idlakd.synth.stats import PoolStats
 from idlakd.synth.tasks import BackgroundTasks
-from idlakd.synth.workers import (BUSY_STOP_GRACE, IDLE_STOP_GRACE, AudioSink, EngineFailed,
-                                  Worker, WorkerFailed, Collector)
+from idlakd.synth.workers import (BUSY_STOP_GRACE, IDLE_STOP_GRACE, AudioSink, Collector,
+                                  EngineFailed, EventSink, Worker, WorkerFailed)
 from idlakd.worker.protocol import encode_segments
 
 log = logging.getLogger(__name__)
@@ -143,10 +143,12 @@ class VoicePool:
         return rate, b"".join(collector.parts)
 
     async def stream(self, chunk: Chunk, sink: AudioSink, admission: Admission | None = None,
-                     on_slot: Callable[[Lease], None] | None = None) -> int:
+                     on_slot: Callable[[Lease], None] | None = None,
+                     on_event: EventSink | None = None) -> int:
         """Synthesise one chunk on a checked-out worker, audio to sink(rate, pcm) as it arrives.
 
-        on_slot receives the chunk's synthesis slot once held (the sink may pause it).
+        on_slot receives the chunk's synthesis slot once held (the sink may pause it);
+        on_event, where the chunk's segments and words fall (asked for only when given).
 
         Returns the sample rate once the chunk is complete; raises SynthesisError.
         """
@@ -155,7 +157,7 @@ class VoicePool:
                 on_slot(lease)
             worker, fresh = await self._checkout()
             try:
-                return await self._run(worker, chunk, sink)
+                return await self._run(worker, chunk, sink, on_event)
             except WorkerFailed as exc:
                 # A warm worker that died while idle (killed from outside, or
                 # exiting as we picked it) had not started this chunk (nothing
@@ -165,7 +167,7 @@ class VoicePool:
                     raise
                 log.warning("Retrying a chunk of voice %s on a new worker", self.voice.id)
             worker, _fresh = await self._checkout(spawn=True)
-            return await self._run(worker, chunk, sink)
+            return await self._run(worker, chunk, sink, on_event)
 
     async def _checkout(self, spawn: bool = False) -> tuple[Worker, bool]:
         """A warm idle worker, else a new one: (worker, whether it is new)."""
@@ -186,7 +188,8 @@ class VoicePool:
             raise WorkerFailed(f"voice {self.voice.id}: the service is stopping")
         return worker, True
 
-    async def _run(self, worker: Worker, chunk: Chunk, sink: AudioSink) -> int:
+    async def _run(self, worker: Worker, chunk: Chunk, sink: AudioSink,
+                   on_event: EventSink | None = None) -> int:
         """Run one chunk on a checked-out worker; it goes back idle, or is stopped if in doubt."""
         self._workers.add(worker)
         self.busy += 1
@@ -194,7 +197,8 @@ class VoicePool:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            rate, size = await worker.stream(chunk, self._config.synthesis_timeout_seconds, sink)
+            rate, size = await worker.stream(chunk, self._config.synthesis_timeout_seconds, sink,
+                                             on_event)
             keep = True
             self.syntheses += 1
             self.synthesis_seconds += loop.time() - started

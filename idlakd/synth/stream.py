@@ -61,6 +61,11 @@ class AudioStream:
         """Seconds of audio synthesised for the stream so far; None when not known (a cache hit)."""
         return None if self._meter is None else self._meter.seconds
 
+    @property
+    def time_scale(self) -> float:
+        """Seconds of output audio per second synthesised (a tempo change makes it differ from 1)."""
+        return 1.0 if self._marks is None else self._marks.time_scale
+
     def take_marks(self) -> list[Mark]:
         """The marks of the audio made so far, not taken before (none unless options asked)."""
         return [] if self._marks is None else self._marks.take()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import AsyncGenerator, AsyncIterator, BinaryIO, Final, Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from idlakd.synth.cache import AudioCache, CacheEntryWriter, cache_key, close_fi
 from idlakd.synth.document import Document, DocumentError, parse
 from idlakd.synth.encode import Encoder, spooled
 from idlakd.synth.limiter import SynthesisLimiter
+from idlakd.synth.marks import MarkTrack
 from idlakd.synth.options import SpeechOptions
 from idlakd.synth.pipeline import AudioTooLong, Flow, ordered_pcm
 from idlakd.synth.pool import VoicePool
@@ -208,14 +210,15 @@ class Synthesizer:
 
     # -- synthesis -------------------------------------------------------
 
-    async def _document(self, text: str) -> Document:
+    async def _document(self, text: str, text_type: str, lang: str) -> Document:
         """Parse and bound the request text (a long one off the loop)."""
-        share = self._config.max_break_share
+        reading = functools.partial(parse, text, self._config.max_break_share,
+                                    text_type=text_type, lang=lang)
         try:
             if len(text) > INLINE_PARSE_CHARS:
-                document = await asyncio.to_thread(parse, text, share)
+                document = await asyncio.to_thread(reading)
             else:
-                document = parse(text, share)
+                document = reading()
         except DocumentError as exc:
             raise InvalidRequest(f"text: {exc}") from None
         limit = self._config.max_audio_seconds
@@ -253,10 +256,13 @@ class Synthesizer:
                 f"audio_format: Not a valid choice. Valid choices: {'|'.join(FORMATS)}")
         if not self._accepting:
             raise Busy()
-        chunks = (await self._document(text)).chunks
+        chunks = (await self._document(text, options.text_type, voice.language)).chunks
         self.requests += 1
         content_type = CONTENT_TYPES[audio_format]
-        key = cache_key(voice.id, voice.version, audio_format, text) if self._cache.enabled else None
+        # A cached answer has no marks: a request for marks is always synthesised.
+        key = (cache_key(voice.id, voice.version, audio_format, text)
+               if self._cache.enabled and not options.marks else None)
+        marks = (MarkTrack(options.marks, text, 1 / options.speed) if options.marks else None)
         resources = contextlib.AsyncExitStack()
         try:
             if key is not None:
@@ -285,7 +291,7 @@ class Synthesizer:
                 if writer is not None:
                     resources.push_async_callback(writer.abort)
             flow = Flow(self._config.synthesis_timeout_seconds + _ROOM_GRACE_SECONDS)
-            made = ordered_pcm(pool, chunks, admission, flow, self._config.max_audio_seconds)
+            made = ordered_pcm(pool, chunks, admission, flow, self._config.max_audio_seconds, marks)
             resources.push_async_callback(made.aclose)
             pcm = PcmMeter(made)  # the stream's audio seconds, for usage
             with self._failures(voice, "before any audio"):
@@ -311,18 +317,18 @@ class Synthesizer:
                     self._background.spawn(writer.commit())
             guarded = self._guarded(body, voice, writer)
             resources.push_async_callback(guarded.aclose)
-            return self._audio(content_type, length, guarded, resources, pcm)
+            return self._audio(content_type, length, guarded, resources, pcm, marks)
         except BaseException:
             await self._background.finish(resources.aclose())
             raise
 
     def _audio(self, content_type: str, length: int | None,
                body: AsyncIterator[bytes | memoryview],
-               resources: contextlib.AsyncExitStack, meter: PcmMeter | None = None
-               ) -> AudioStream:
+               resources: contextlib.AsyncExitStack, meter: PcmMeter | None = None,
+               marks: MarkTrack | None = None) -> AudioStream:
         """An AudioStream owning resources (closed by its aclose)."""
         return AudioStream(content_type, length, body, resources.pop_all(), self._background,
-                           self.abandoned, meter)
+                           self.abandoned, meter, marks)
 
     @contextlib.contextmanager
     def _failures(self, voice: Voice, when: str) -> Iterator[None]:

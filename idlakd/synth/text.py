@@ -33,9 +33,9 @@ def _is_abbreviation(piece: str) -> bool:
     return last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha())
 
 
-def split_sentences(text: str) -> list[str]:
-    """Split plain text into sentences, whitespace normalised, empty ones dropped."""
-    sentences: list[str] = []
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence of plain text, blank ones dropped, stray punctuation kept with the one before."""
+    bounds: list[tuple[int, int]] = []
     start = 0  # where the sentence being built began
     position = 0
     for match in _SENTENCE_END.finditer(text):
@@ -46,21 +46,25 @@ def split_sentences(text: str) -> list[str]:
         paragraph = _PARAGRAPH.search(match.group(0)) is not None
         if not paragraph and _is_abbreviation(piece):
             continue
-        sentences.append(text[start:position])
+        bounds.append((start, position))
         start = position
-    sentences.append(text[start:])
-    result: list[str] = []
-    for sentence in sentences:
-        normal = " ".join(sentence.split())
-        if not normal:
+    bounds.append((start, len(text)))
+    spans: list[tuple[int, int]] = []
+    for begin, end in bounds:
+        if text[begin:end].isspace() or begin == end:
             continue
         # Stray punctuation ("...", "--") has nothing to say: keep it with the
         # sentence before so the worker is not asked for silence.
-        if result and not _HAS_WORD.search(normal):
-            result[-1] = f"{result[-1]} {normal}"
+        if spans and not _HAS_WORD.search(text, begin, end):
+            spans[-1] = (spans[-1][0], end)
         else:
-            result.append(normal)
-    return result
+            spans.append((begin, end))
+    return spans
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split plain text into sentences, whitespace normalised, empty ones dropped."""
+    return [" ".join(text[begin:end].split()) for begin, end in sentence_spans(text)]
 
 
 def cut_sentence(sentence: str, limit: int) -> list[str]:

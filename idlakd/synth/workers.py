@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -17,8 +18,8 @@ from idlakd.synth.document import Chunk
 from idlakd.synth.reaping import reap
 from idlakd.worker.engines import command_program
 from idlakd.worker.main import worker_argv
-from idlakd.worker.protocol import (AUDIO, END, ERROR, MAX_HEADER_BYTES, READY, START,
-                                    SYNTHESIZE, ProtocolError, encode_frame, encode_segments,
+from idlakd.worker.protocol import (AUDIO, END, ERROR, EVENT, MAX_HEADER_BYTES, READY, START,
+                                    SYNTHESIZE, ProtocolError, encode_frame, encode_request,
                                     read_frame)
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,26 @@ _PACKAGE_PARENT: Final = str(Path(__file__).resolve().parents[2])
 #: pipe is not read again until the sink returns, so a sink that waits for room makes the
 #: worker (and its engine) wait too: back-pressure from the consumer to the engine.
 AudioSink = Callable[[int, bytes], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkEvent:
+    """Where something of a chunk falls in its audio: a text segment, a mark or a word starts."""
+
+    #: "text", "mark" or "word".
+    kind: str
+    #: Index of the segment in the chunk.
+    segment: int
+    #: Offset in the chunk's audio, in samples.
+    sample: int
+    #: A word's characters in its segment's text.
+    start: int = 0
+    length: int = 0
+
+
+#: Receives a chunk's events (asked for only when given).
+EventSink = Callable[[ChunkEvent], None]
+_EVENT_KINDS: Final = frozenset({"text", "mark", "word"})
 
 
 class Collector:
@@ -187,7 +208,8 @@ class Worker:
         rate, _size = await self.stream(chunk, timeout, collector)
         return rate, b"".join(collector.parts)
 
-    async def stream(self, chunk: Chunk, timeout: float, sink: AudioSink) -> tuple[int, int]:
+    async def stream(self, chunk: Chunk, timeout: float, sink: AudioSink,
+                     on_event: EventSink | None = None) -> tuple[int, int]:
         """Synthesise one chunk, passing each audio frame to sink(rate, pcm) as it arrives.
 
         Returns (sample_rate, PCM bytes) once the worker ended the chunk. Audio
@@ -198,12 +220,13 @@ class Worker:
         wait is the sink's to bound, and does not count as the worker's silence
         (timeout applies to reading frames only). Whatever the sink raises ends
         the chunk, and the caller stops the worker (it is mid-utterance).
+        With on_event, the worker reports where segments and words fall.
         """
         assert self.process.stdin is not None
         request_id = next(self._ids)
         try:
             self.process.stdin.write(encode_frame(
-                SYNTHESIZE, encode_segments(chunk.wire()), id=request_id))
+                SYNTHESIZE, encode_request(chunk.wire(), on_event is not None), id=request_id))
             async with asyncio.timeout(timeout):
                 await self.process.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
@@ -229,6 +252,8 @@ class Worker:
                     raise WorkerFailed(f"worker {self.name} sent audio before 'start'")
                 size += len(frame.payload)
                 await sink(rate, frame.payload)
+            elif frame.type == EVENT and on_event is not None:
+                on_event(self._event(frame.header, len(chunk.segments)))
             elif frame.type == START:
                 started = True
                 rate = int(frame.header.get("sample_rate") or rate)
@@ -244,6 +269,15 @@ class Worker:
                 raise EngineFailed(str(frame.header.get("message") or "synthesis failed"))
             else:
                 raise WorkerFailed(f"worker {self.name} sent unexpected {frame.type!r}")
+
+    def _event(self, header: dict[str, Any], segments: int) -> ChunkEvent:
+        """An event frame's fields checked; WorkerFailed if they make no sense."""
+        values = [header.get(key, 0) for key in ("segment", "sample", "start", "length")]
+        if (header.get("kind") not in _EVENT_KINDS
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                           for v in values) or values[0] >= segments):
+            raise WorkerFailed(f"worker {self.name} sent a bad event {str(header)[:80]!r}")
+        return ChunkEvent(header["kind"], *values)
 
     def _signal_group(self, signum: int) -> None:
         """Send a signal to the worker's process group (the worker and anything it started)."""

@@ -9,7 +9,7 @@ from aiohttp.web_urldispatcher import AbstractRoute
 
 from idlakd.web.access import Access, Route
 from idlakd.web.admin import views as admin
-from idlakd.web.api import auth, keys, speech, usage, users, voices
+from idlakd.web.api import auth, keys, marks, speech, usage, users, voices
 from idlakd.web.keys import access_key
 from idlakd.web.ops import health, index, metrics, openapi
 
@@ -38,6 +38,8 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("POST",   "/voices",                    voices.query_voices,     "public"),
     Route("GET",    "/voices/{voice_id}",         voices.get_voice,        "public"),
     Route("POST",   "/speech",                    speech.speech,           "user"),
+    Route("POST",   "/speech/marks",              marks.speech_marks,      "user"),
+    Route("POST",   "/speech/captions",           marks.speech_captions,   "user"),
     Route("GET",    "/",                          index.index,             "public"),
     Route("GET",    "/healthz",                   health.healthz,          "public"),
     Route("GET",    "/readyz",                    health.readyz,           "public"),

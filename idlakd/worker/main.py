@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Iterator, Sequence
 
 from idlakd.worker import protocol, sandbox
-from idlakd.worker.protocol import ProtocolError, read_frame_sync, write_frame_sync
+from idlakd.worker.protocol import (MarkPoint, ProtocolError, Segment, Words, read_frame_sync,
+                                    write_frame_sync)
 
 if TYPE_CHECKING:  # engines are imported only after the stdout guard is in place
     from idlakd.worker.engines import Engine
@@ -128,34 +129,67 @@ def serve(engine: "Engine", stdin: BinaryIO, out: BinaryIO) -> int:
                              message=f"unexpected frame type {frame.type!r}")
             continue
         try:
-            segments = protocol.decode_segments(frame.payload)
+            request = protocol.decode_request(frame.payload)
         except ProtocolError as exc:
             write_frame_sync(out, protocol.ERROR, id=request_id, message=str(exc))
             continue
-        _synthesize_one(engine, out, request_id, segments)
+        _synthesize_one(engine, out, request_id, request)
 
 
-def _audio(engine: "Engine", segments: list[str | int]) -> Iterator[bytes]:
-    """PCM of the segments in order: the engine speaks texts, breaks are silence made here."""
-    for segment in segments:
+#: An event for the parent: its kind, segment index and fields (the sample is added on the way).
+Event = tuple[str, int, dict[str, int]]
+
+
+def _audio(engine: "Engine", segments: list[Segment], events: bool
+           ) -> Iterator[bytes | Event | int]:
+    """PCM of the segments in order (engines speak texts; breaks are silence made here), and events.
+
+    An int is the sample offset (in this request's audio) where the next
+    events' positions count from; an event's own offset in ms is added to it.
+    """
+    from idlakd.worker.engines import Word
+
+    samples = 0
+    prosody = (1.0, 0.0, 0.0)
+    for index, segment in enumerate(segments):
         if isinstance(segment, int):
-            samples = engine.sample_rate * segment // 1000
-            for start in range(0, samples, protocol.MAX_AUDIO_PAYLOAD // 2):
-                yield bytes(2 * min(protocol.MAX_AUDIO_PAYLOAD // 2, samples - start))
+            count = engine.sample_rate * segment // 1000
+            for start in range(0, count, protocol.MAX_AUDIO_PAYLOAD // 2):
+                yield bytes(2 * min(protocol.MAX_AUDIO_PAYLOAD // 2, count - start))
+            samples += count
+            continue
+        if isinstance(segment, MarkPoint):
+            if events:
+                yield samples
+                yield "mark", index, {}
             continue
         # The daemon sends clean text; a second sweep costs nothing and keeps
         # the engine safe from any other caller of the protocol.
-        text = _CONTROL.sub("", segment)
-        if text.strip():
-            yield from engine.synthesize(text)
+        text = _CONTROL.sub("", segment.text)
+        if not text.strip():
+            continue
+        wanted = (segment.rate, segment.pitch, segment.volume)
+        if wanted != prosody and engine.native_prosody:
+            engine.set_prosody(*wanted)
+            prosody = wanted
+        if events:
+            yield samples
+            yield "text", index, {}
+        for item in engine.synthesize_words(text) if events else engine.synthesize(text):
+            if isinstance(item, Word):
+                yield "word", index, {"start": item.start, "length": item.length, "ms": item.ms}
+            else:
+                samples += len(item) // 2
+                yield item
 
 
 def _synthesize_one(engine: "Engine", out: BinaryIO, request_id: Any,
-                    segments: list[str | int]) -> None:
-    """Run one request: start, audio frames as the engine yields, then end or error."""
+                    request: protocol.SynthesisRequest) -> None:
+    """Run one request: start, audio and event frames as the engine yields, then end or error."""
     write_frame_sync(out, protocol.START, id=request_id, sample_rate=engine.sample_rate)
     started = time.monotonic()
     samples = 0
+    base = 0  # where the current text's events count from
     carry = b""  # an odd byte left by an engine chunk; frames hold whole samples
     try:
         # Whatever an earlier request did to the engine (rate, volume, voice) is undone first.
@@ -164,7 +198,7 @@ def _synthesize_one(engine: "Engine", out: BinaryIO, request_id: Any,
         logger.exception("request %s: engine reset failed", request_id)
         write_frame_sync(out, protocol.ERROR, id=request_id, message=f"{type(exc).__name__}: {exc}")
         return
-    chunks = _audio(engine, segments)
+    chunks = _audio(engine, request.segments, request.events)
     while True:
         try:
             chunk = next(chunks)
@@ -175,6 +209,15 @@ def _synthesize_one(engine: "Engine", out: BinaryIO, request_id: Any,
             write_frame_sync(out, protocol.ERROR, id=request_id,
                              message=f"{type(exc).__name__}: {exc}")
             return
+        if isinstance(chunk, int):
+            base = chunk
+            continue
+        if isinstance(chunk, tuple):
+            kind, index, fields = chunk
+            offset = fields.pop("ms", 0) * engine.sample_rate // 1000
+            write_frame_sync(out, protocol.EVENT, id=request_id, kind=kind, segment=index,
+                             sample=base + offset, **fields)
+            continue
         data = carry + chunk
         carry = data[len(data) & ~1:]
         data = data[:len(data) & ~1]
@@ -183,8 +226,8 @@ def _synthesize_one(engine: "Engine", out: BinaryIO, request_id: Any,
             write_frame_sync(out, protocol.AUDIO, payload, id=request_id)
         samples += len(data) // 2
     write_frame_sync(out, protocol.END, id=request_id, samples=samples)
-    logger.debug("request %s: %d segments, %d samples in %.3f s", request_id, len(segments),
-                 samples, time.monotonic() - started)
+    logger.debug("request %s: %d segments, %d samples in %.3f s", request_id,
+                 len(request.segments), samples, time.monotonic() - started)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,10 +18,12 @@ Every frame is one JSON header line followed by a raw payload::
 Messages, parent -> worker (worker stdin):
 
 - ``synthesize``: field ``id`` (int); payload = a JSON object
-  ``{"segments": [...]}``, UTF-8, each segment either ``{"text": str}``
-  (plain words: never markup, never control characters) or
-  ``{"break_ms": int}`` (silence, at most ``MAX_BREAK_MS``). The daemon's
-  document model writes them; the worker checks them again.
+  ``{"segments": [...], "events": bool?}``, UTF-8, each segment one of
+  ``{"text": str, "prosody"?: {"rate", "pitch", "volume"}}`` (plain words:
+  never markup, never control characters; prosody as a rate factor,
+  semitones and dB, for engines that apply it), ``{"break_ms": int}``
+  (silence, at most ``MAX_BREAK_MS``) or ``{"mark": str}`` (a named point).
+  The daemon's document model writes them; the worker checks them again.
 - Closing the worker's stdin asks it to shut down.
 
 Messages, worker -> parent (worker's protocol fd, its original stdout):
@@ -30,7 +32,11 @@ Messages, worker -> parent (worker's protocol fd, its original stdout):
   ``engine`` (str).
 - Per request, in order: ``start`` (``id``, ``sample_rate``), zero or more
   ``audio`` (``id``; payload = mono signed 16-bit little-endian PCM, at most
-  ``MAX_AUDIO_PAYLOAD`` bytes per frame, sent as soon as the engine yields it),
+  ``MAX_AUDIO_PAYLOAD`` bytes per frame, sent as soon as the engine yields it)
+  and, when the request asked for events, ``event`` frames (``id``, ``kind``
+  "text" | "mark" | "word", ``segment`` (its index), ``sample`` (offset in
+  the request's audio); a word adds ``start`` and ``length``, characters in
+  the segment's text) — an event may come before the audio it points into,
   then exactly one of ``end`` (``id``, ``samples``: total sample count) or
   ``error`` (``id``, ``message``). After ``error`` the worker keeps serving.
 - A fatal start-up failure (engine cannot load): ``error`` with
@@ -56,12 +62,17 @@ EXIT_FATAL: Final = 3
 MAX_BREAK_MS: Final = 10_000
 #: Longest text of one segment (the daemon sends sentences of a few hundred characters).
 MAX_SEGMENT_CHARS: Final = 4096
+#: Longest name of a mark segment.
+MAX_MARK_CHARS: Final = 64
+#: Bounds of a text segment's prosody: rate factor, semitones, dB.
+PROSODY_BOUNDS: Final = {"rate": (0.25, 4.0), "pitch": (-12.0, 12.0), "volume": (-30.0, 12.0)}
 
 # Message types.
 SYNTHESIZE: Final = "synthesize"
 READY: Final = "ready"
 START: Final = "start"
 AUDIO: Final = "audio"
+EVENT: Final = "event"
 END: Final = "end"
 ERROR: Final = "error"
 
@@ -120,13 +131,42 @@ def _parse_header(line: bytes) -> tuple[str, dict[str, Any], int]:
 
 
 def encode_segments(segments: list[dict[str, Any]]) -> bytes:
-    """The payload of a synthesize frame."""
-    return json.dumps({"segments": segments}, ensure_ascii=False,
-                      separators=(",", ":")).encode("utf-8")
+    """The payload of a synthesize frame without events."""
+    return encode_request(segments)
 
 
-def decode_segments(payload: bytes) -> list[str | int]:
-    """A synthesize payload as texts (str) and breaks (int milliseconds); ProtocolError if malformed."""
+@dataclasses.dataclass(frozen=True)
+class Words:
+    """A text segment: words to speak, and how (neutral values: as the voice does)."""
+
+    text: str
+    rate: float = 1.0
+    pitch: float = 0.0
+    volume: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkPoint:
+    """A mark segment: a named point whose audio position the worker reports."""
+
+    name: str
+
+
+#: One segment of a synthesize request: words, a break (int milliseconds) or a mark.
+Segment = Words | int | MarkPoint
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesisRequest:
+    """A decoded synthesize payload."""
+
+    segments: list[Segment]
+    #: Whether the parent wants event frames (text and mark positions, words).
+    events: bool = False
+
+
+def decode_request(payload: bytes) -> SynthesisRequest:
+    """A synthesize payload as segments; ProtocolError if malformed."""
     try:
         body = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
@@ -134,18 +174,54 @@ def decode_segments(payload: bytes) -> list[str | int]:
     segments = body.get("segments") if isinstance(body, dict) else None
     if not isinstance(segments, list):
         raise ProtocolError("synthesize payload has no 'segments' list")
-    result: list[str | int] = []
-    for segment in segments:
-        text = segment.get("text") if isinstance(segment, dict) else None
-        pause = segment.get("break_ms") if isinstance(segment, dict) else None
-        if isinstance(text, str) and len(text) <= MAX_SEGMENT_CHARS:
-            result.append(text)
-        elif (isinstance(pause, int) and not isinstance(pause, bool)
-              and 0 <= pause <= MAX_BREAK_MS):
-            result.append(pause)
-        else:
-            raise ProtocolError(f"bad segment {str(segment)[:80]!r}")
-    return result
+    assert isinstance(body, dict)
+    return SynthesisRequest([_segment(segment) for segment in segments],
+                            body.get("events") is True)
+
+
+def decode_segments(payload: bytes) -> list[Segment]:
+    """A synthesize payload's segments; ProtocolError if malformed."""
+    return decode_request(payload).segments
+
+
+def _segment(segment: Any) -> Segment:
+    """One checked segment; ProtocolError if malformed."""
+    if not isinstance(segment, dict):
+        raise ProtocolError(f"bad segment {str(segment)[:80]!r}")
+    text = segment.get("text")
+    pause = segment.get("break_ms")
+    name = segment.get("mark")
+    if isinstance(text, str) and len(text) <= MAX_SEGMENT_CHARS:
+        return Words(text, **_prosody(segment.get("prosody")))
+    if isinstance(pause, int) and not isinstance(pause, bool) and 0 <= pause <= MAX_BREAK_MS:
+        return pause
+    if isinstance(name, str) and len(name) <= MAX_MARK_CHARS:
+        return MarkPoint(name)
+    raise ProtocolError(f"bad segment {str(segment)[:80]!r}")
+
+
+def _prosody(prosody: Any) -> dict[str, float]:
+    """A text segment's prosody, every value a number inside its bounds."""
+    if prosody is None:
+        return {}
+    if not isinstance(prosody, dict) or set(prosody) - set(PROSODY_BOUNDS):
+        raise ProtocolError(f"bad prosody {str(prosody)[:80]!r}")
+    values: dict[str, float] = {}
+    for key, value in prosody.items():
+        low, high = PROSODY_BOUNDS[key]
+        if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                or not low <= value <= high):
+            raise ProtocolError(f"bad prosody {key} {str(value)[:20]!r}")
+        values[key] = float(value)
+    return values
+
+
+def encode_request(segments: list[dict[str, Any]], events: bool = False) -> bytes:
+    """The payload of a synthesize frame."""
+    body: dict[str, Any] = {"segments": segments}
+    if events:
+        body["events"] = True
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> Frame | None:

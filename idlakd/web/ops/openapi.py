@@ -22,6 +22,7 @@ from idlakd.accounts.uids import UID_RULE
 from idlakd.accounts.users import NO_SUCH_USER as UNKNOWN_USER
 from idlakd.accounts.users import ONLY_ADMIN, USER_EXISTS
 from idlakd.errors import Busy, DatabaseUnwritable
+from idlakd.synth.options import MARK_TYPES
 from idlakd.synth.transcode import CONTENT_TYPES, FORMATS
 from idlakd.web.ops.docs_page import DOCS_HTML, DOCS_SCRIPT
 from idlakd.web.validation import INVALID_JSON, MISSING, NOT_BOOLEAN, NOT_OBJECT, NOT_STRING
@@ -86,6 +87,20 @@ QUOTA_MINUTE_EXAMPLE: Final = "Quota exceeded: 100000 characters per minute; try
 QUOTA_DAY_EXAMPLE: Final = "Quota exceeded: 500000 characters per day; try again in 3600 s"
 QUOTA_CONCURRENT_EXAMPLE: Final = ("Quota exceeded: 8 concurrent syntheses; try again when one "
                                    "has ended")
+# The errors of the routes that make speech only for its timing (as /speech, less the audio's).
+_TIMING_ERRORS: Final = {
+    "400": _error("Bad JSON or unknown voice", INVALID_JSON, "Voice could not be found"),
+    "401": USER_401,
+    "408": BODY_TIMEOUT,
+    "413": _error("Body, text or audio over its limit, or the text alone over a character quota"),
+    "422": _error("Bad field, blank text or refused markup",
+                  f"voice_id: {MISSING} Provide a voice id", f"text: {MISSING}",
+                  "speech_mark_types: Must be a non-empty list of sentence|word|ssml."),
+    "429": _error("Over one of the caller's quotas (see Retry-After)", QUOTA_MINUTE_EXAMPLE),
+    "500": _error("Synthesis failed before the status line was sent", "Speech synthesis failed"),
+    "503": _error("Queue full or shutting down (see Retry-After)",
+                  "Server is busy, try again later"),
+}
 
 
 def _op(summary: str, responses: dict[str, Any], *, tag: str, security: bool = False,
@@ -362,6 +377,33 @@ def build_spec() -> dict[str, Any]:
                 "503": _error("Queue full or shutting down (see Retry-After)",
                               "Server is busy, try again later",
                               "Server is shutting down, try again later"),
+            })},
+        "/speech/marks": {"post": _op(
+            "When each sentence, word and SSML mark of a speech is heard, as JSON lines",
+            tag="speech", security=True,
+            description=("Takes every field of /speech (the audio is made and dropped) and "
+                         "speech_mark_types. Each line: {time (ms from the start of the audio), "
+                         "type, start, end (character offsets into text), value}, streamed as the "
+                         "speech is made. Word marks come from engines that report words (eSpeak)."),
+            body=_body(_obj({"voice_id": STR, "text": STR,
+                             "speech_mark_types": {"type": "array", "items": {
+                                 "type": "string", "enum": list(MARK_TYPES)},
+                                 "default": list(MARK_TYPES)}},
+                            ["voice_id", "text"])),
+            responses={
+                "200": {"description": "Marks, one JSON object per line", "content": {
+                    "application/x-ndjson": {"schema": {"type": "string"}}}},
+                **_TIMING_ERRORS,
+            })},
+        "/speech/captions": {"post": _op(
+            "WebVTT captions of a speech: cues of at most two lines, timed by its word marks",
+            tag="speech", security=True,
+            description="Takes every field of /speech; the audio is made and dropped.",
+            body=_body(_obj({"voice_id": STR, "text": STR}, ["voice_id", "text"])),
+            responses={
+                "200": {"description": "WebVTT", "content": {
+                    "text/vtt": {"schema": {"type": "string"}}}},
+                **_TIMING_ERRORS,
             })},
         "/": {"get": _op(
             "Where to go: browsers to the admin page, API clients a JSON index", tag="operations",

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Any, Final, Mapping
 
-from idlakd.worker.engines.base import (Engine, EngineError, command_program,
+from idlakd.worker.engines.base import (Engine, EngineError, Word, command_program,
                                         pyidlak_search_dir)
 
-__all__ = ["ENGINE_NAMES", "Engine", "EngineError", "command_program", "load_engine",
+__all__ = ["ENGINE_NAMES", "Engine", "EngineError", "Word", "command_program", "load_engine",
            "missing_files", "pyidlak_search_dir"]
 
 ENGINE_NAMES: Final = ("espeak", "tangle", "command")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,16 @@ from typing import Any, Iterator
 
 class EngineError(Exception):
     """An engine could not load or could not synthesise a request."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Word:
+    """A word the engine reached: its place in the text (characters) and in the text's audio."""
+
+    start: int
+    length: int
+    #: Milliseconds from the start of this text's audio.
+    ms: int
 
 
 class Engine(abc.ABC):
@@ -26,6 +37,19 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def synthesize(self, text: str) -> Iterator[bytes]:
         """Yield PCM (s16le, even-length chunks) as soon as the engine produces it."""
+
+    #: Which of "rate", "pitch", "volume" set_prosody() applies; the others are not applied.
+    native_prosody: frozenset[str] = frozenset()
+
+    def synthesize_words(self, text: str) -> Iterator[bytes | Word]:
+        """Like synthesize(), with a Word before or among the PCM for each word it reaches.
+
+        Engines that cannot say where words fall yield the PCM only.
+        """
+        yield from self.synthesize(text)
+
+    def set_prosody(self, rate: float, pitch: float, volume: float) -> None:
+        """Say what follows at rate (factor), pitch (semitones), volume (dB) from the voice's own."""
 
     def reset(self) -> None:
         """Undo whatever an earlier request changed (called before every request)."""

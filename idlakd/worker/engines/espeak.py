@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Iterator, Mapping
 
-from idlakd.worker.engines.base import Engine, EngineError
+from idlakd.worker.engines.base import Engine, EngineError, Word
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,15 @@ DEFAULT_VOLUME: Final = 100
 DEFAULT_PITCH: Final = 50
 DEFAULT_RANGE: Final = 50
 EE_OK: Final = 0
+EVENT_LIST_TERMINATED: Final = 0
+EVENT_WORD: Final = 1
+# eSpeak's limits for the parameters prosody sets.
+RATE_LIMITS: Final = (80, 450)
+PITCH_LIMITS: Final = (0, 100)
+VOLUME_LIMITS: Final = (0, 200)
+# Pitch parameter steps per semitone: eSpeak's pitch table spans about two octaves over 0-100
+# (a rough fit: SSML pitch in semitones is approximate on eSpeak).
+PITCH_STEPS_PER_SEMITONE: Final = 100 / 24
 # Milliseconds of sound per callback buffer, and so per audio frame a worker
 # sends: small enough to stream promptly (eSpeak makes 500 ms of sound in about
 # 1 ms), large enough that the per-frame cost in the worker, the daemon and the
@@ -145,16 +154,28 @@ def missing_reason(options: Mapping[str, Any]) -> str | None:
     return None
 
 
+class _Event(ctypes.Structure):
+    """espeak_EVENT from speak_lib.h (the id union is pointer-sized)."""
+
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint),
+                ("text_position", ctypes.c_int), ("length", ctypes.c_int),
+                ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", ctypes.c_void_p)]
+
+
 class _Request:
     """State shared between one synthesize() generator and the callback on the synth thread."""
 
-    def __init__(self) -> None:
-        self.chunks: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
+    def __init__(self, words: bool) -> None:
+        self.chunks: queue.SimpleQueue[bytes | Word | BaseException | None] = queue.SimpleQueue()
         self.abort = False
+        self.words = words
 
 
 class EspeakEngine(Engine):
     """eSpeak NG in synchronous mode; one instance per worker process (the library is global)."""
+
+    native_prosody = frozenset({"rate", "pitch", "volume"})
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         reason = missing_reason(options)
@@ -192,10 +213,12 @@ class EspeakEngine(Engine):
         identifier = resolve_voice(voice, data_dir)
         assert identifier is not None  # checked by missing_reason above
         self._spec = identifier + (f"+{options['variant']}" if options.get("variant") else "")
+        self._rate = int(options.get("rate", DEFAULT_RATE))
+        self._pitch = int(options.get("pitch", DEFAULT_PITCH))
         self._parameters = (
-            (PARAM_RATE, int(options.get("rate", DEFAULT_RATE))),
+            (PARAM_RATE, self._rate),
             (PARAM_VOLUME, DEFAULT_VOLUME),
-            (PARAM_PITCH, int(options.get("pitch", DEFAULT_PITCH))),
+            (PARAM_PITCH, self._pitch),
             (PARAM_RANGE, DEFAULT_RANGE),
             (PARAM_WORDGAP, 0),
         )
@@ -213,11 +236,30 @@ class EspeakEngine(Engine):
             if status != EE_OK:
                 raise EngineError(f"espeak_SetParameter({param}, {value}) failed ({status})")
 
+    def set_prosody(self, rate: float, pitch: float, volume: float) -> None:
+        """Rate, pitch and volume through eSpeak's own parameters (inside its limits)."""
+        for param, value, (low, high) in (
+                (PARAM_RATE, self._rate * rate, RATE_LIMITS),
+                (PARAM_PITCH, self._pitch + pitch * PITCH_STEPS_PER_SEMITONE, PITCH_LIMITS),
+                (PARAM_VOLUME, DEFAULT_VOLUME * 10 ** (volume / 20), VOLUME_LIMITS)):
+            status = self._lib.espeak_SetParameter(param, min(max(round(value), low), high), 0)
+            if status != EE_OK:
+                raise EngineError(f"espeak_SetParameter({param}, {value}) failed ({status})")
+
     def _on_synth(self, wav: int | None, numsamples: int, events: int | None) -> int:
         """Callback from eSpeak (on the synth thread): queue the buffer; 1 asks eSpeak to stop."""
         request = self._current
         if request is None:
             return 1
+        if request.words and events:
+            event = ctypes.cast(events, ctypes.POINTER(_Event))
+            index = 0
+            while event[index].type != EVENT_LIST_TERMINATED:
+                if event[index].type == EVENT_WORD:
+                    # text_position counts characters from 1.
+                    request.chunks.put(Word(event[index].text_position - 1, event[index].length,
+                                            event[index].audio_position))
+                index += 1
         if wav and numsamples > 0:
             data = ctypes.string_at(wav, numsamples * 2)
             if sys.byteorder == "big":
@@ -240,12 +282,22 @@ class EspeakEngine(Engine):
 
     def synthesize(self, text: str) -> Iterator[bytes]:
         """Yield PCM per eSpeak buffer while the synth thread runs."""
+        for item in self._speak(text, words=False):
+            assert isinstance(item, bytes)
+            yield item
+
+    def synthesize_words(self, text: str) -> Iterator[bytes | Word]:
+        """Yield PCM per eSpeak buffer, and eSpeak's word events as they come."""
+        return self._speak(text, words=True)
+
+    def _speak(self, text: str, words: bool) -> Iterator[bytes | Word]:
+        """PCM (and word events if asked) while the synth thread runs."""
         # ENDPAUSE: consecutive chunks of one text need the sentence pause between them.
         # Never the SSML flag: the text is words only, and eSpeak's own markup
         # reader has memory-safety bugs (<audio src>, long xml:base).
         flags = CHARS_UTF8 | ENDPAUSE
         with self._lock:
-            request = _Request()
+            request = _Request(words)
             self._current = request
             thread = threading.Thread(target=self._run, name="espeak-synth", daemon=True,
                                       args=(request, text.encode("utf-8"), flags))
