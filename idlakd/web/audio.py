@@ -34,6 +34,19 @@ SHUTTING_DOWN: Final = "Server is shutting down, try again later"
 
 
 @dataclasses.dataclass(frozen=True)
+class Framing:
+    """A body other than the audio bytes themselves, made from an AudioStream as it is read.
+
+    piece turns each piece of audio into what is written (b"" for nothing; it
+    may take the stream's marks); end is written after the last piece.
+    """
+
+    content_type: str
+    piece: Callable[[bytes | memoryview, AudioStream], bytes]
+    end: Callable[[AudioStream], bytes]
+
+
+@dataclasses.dataclass(frozen=True)
 class SpeechRequest:
     """A validated speech request: which voice says what, in which format, and how."""
 
@@ -71,7 +84,8 @@ async def read_speech_request(request: web.Request) -> SpeechRequest:
     return SpeechRequest(voice, text, audio_format, SpeechOptions(stream=bool(stream)))
 
 
-async def answer_speech(request: web.Request, speech: SpeechRequest) -> web.StreamResponse:
+async def answer_speech(request: web.Request, speech: SpeechRequest,
+                        framing: Framing | None = None) -> web.StreamResponse:
     """Check the caller's quota (429 over a limit), speak, and record the usage.
 
     The charge ends when the answer has: with the audio's seconds, or undone when no audio
@@ -81,7 +95,7 @@ async def answer_speech(request: web.Request, speech: SpeechRequest) -> web.Stre
     charge = await quotas.admit(request[user_key].uid, len(speech.text))
     started: list[AudioStream] = []
     try:
-        return await speak(request, speech, started.append)
+        return await speak(request, speech, started.append, framing)
     finally:
         # Before the handler returns: a keep-alive client's next request sees this one ended.
         audio = started[0] if started else None
@@ -90,10 +104,12 @@ async def answer_speech(request: web.Request, speech: SpeechRequest) -> web.Stre
 
 
 async def speak(request: web.Request, speech: SpeechRequest,
-                on_start: Callable[[AudioStream], None] | None = None) -> web.StreamResponse:
+                on_start: Callable[[AudioStream], None] | None = None,
+                framing: Framing | None = None) -> web.StreamResponse:
     """Synthesise speech and send it: errors before the first byte are raised (JSON answers).
 
-    on_start is told the stream once synthesis has started (its audio is then being served).
+    on_start is told the stream once synthesis has started (its audio is then being served);
+    framing, if given, is how the body is made from the audio.
     """
     synthesizer = request.app[synth_key]
     try:
@@ -108,7 +124,7 @@ async def speak(request: web.Request, speech: SpeechRequest,
         raise
     if on_start is not None:
         on_start(audio)
-    return await send_audio(request, audio, speech.stream, speech.voice.id)
+    return await send_audio(request, audio, speech.stream, speech.voice.id, framing)
 
 
 def _client_gone(request: web.Request) -> bool:
@@ -136,17 +152,18 @@ async def _write(response: web.StreamResponse, data: bytes | memoryview, timeout
 
 
 async def send_audio(request: web.Request, audio: AudioStream, stream: bool,
-                     voice_id: str) -> web.StreamResponse:
+                     voice_id: str, framing: Framing | None = None) -> web.StreamResponse:
     """Write audio as the response body (chunked, sized, or close-delimited); always closes it.
 
+    With framing, the body is what framing makes of the audio (its length unknown).
     After the status line a failure can no longer be a JSON error: the
     connection is aborted so the client sees a truncated body.
     """
     response = web.StreamResponse()
-    response.content_type = audio.content_type
-    if stream and request.version == HttpVersion11:
+    response.content_type = audio.content_type if framing is None else framing.content_type
+    if (stream or framing is not None) and request.version == HttpVersion11:
         response.enable_chunked_encoding()
-    elif audio.length is not None:
+    elif audio.length is not None and framing is None:
         response.content_length = audio.length
     else:
         # HTTP/1.0 asked for a stream: no chunked encoding there, so the body ends when
@@ -157,7 +174,11 @@ async def send_audio(request: web.Request, audio: AudioStream, stream: bool,
     try:
         await response.prepare(request)
         async for data in audio:
-            await _write(response, data, timeout)
+            out = data if framing is None else framing.piece(data, audio)
+            if out:
+                await _write(response, out, timeout)
+        if framing is not None:
+            await _write(response, framing.end(audio), timeout)
         await response.write_eof()
     except IdlakdError as exc:
         if not response.prepared:
