@@ -29,7 +29,8 @@ from aiohttp.http import HttpProcessingError, RawRequestMessage
 
 from idlakd.config import Config
 from idlakd.web.access import Handler
-from idlakd.web.http import HTTP_MESSAGES, SERVER_NAME, error_response, http_exception_message
+from idlakd.web.http import (HTTP_MESSAGES, SERVER_NAME, error_for, error_response,
+                             http_exception_message)
 from idlakd.web.keys import config_key, metrics_key, started_response_key
 from idlakd.web.ops.metrics import Metrics
 
@@ -254,8 +255,8 @@ async def body_deadline_middleware(request: web.Request, handler: Handler) -> we
         log.debug("Request body from %s not received within %g s", request.remote, seconds)
         if request.get(started_response_key) is not None:
             raise ConnectionResetError("request body timed out after the response started")
-        response = error_response(
-            408, f"The request body did not arrive within {seconds:g} seconds")
+        response = error_for(
+            request, 408, f"The request body did not arrive within {seconds:g} seconds")
         response.force_close()
         return response
     finally:

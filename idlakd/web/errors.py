@@ -1,8 +1,9 @@
-"""The one place an HTTP status is chosen: each domain error class and its status."""
+"""The one place an HTTP status is chosen: each domain error class and its status; /v1's shape."""
 
 from __future__ import annotations
 
-from typing import Final
+import re
+from typing import Any, Final
 
 from idlakd.errors import (Busy, Failed, IdlakdError, InvalidRequest, MalformedRequest,
                            NotAuthenticated, NotFound, NotPermitted, RateLimited, TooLarge)
@@ -38,3 +39,36 @@ def headers_of(exc: IdlakdError) -> dict[str, str]:
     if isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = "Bearer"
     return headers
+
+
+# OpenAI's door (/v1/...): the same statuses, rendered in OpenAI's error shape.
+OPENAI_PREFIX: Final = "/v1/"
+#: OpenAI's error "type" per status; any other status is invalid_request_error below 500,
+#: server_error from 500 on.
+OPENAI_TYPES: Final[dict[int, str]] = {
+    401: "authentication_error",
+    403: "permission_error",
+    429: "rate_limit_error",
+    503: "service_unavailable_error",
+}
+#: The core names request fields as /speech does; OpenAI's door calls them this.
+OPENAI_FIELDS: Final[dict[str, str]] = {"text": "input", "audio_format": "response_format",
+                                        "voice_id": "voice"}
+# The "field: Reason." convention of every validation message names the field first.
+_FIELD_RE: Final = re.compile(r"([a-z_]{1,32}): ")
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether a request path belongs to OpenAI's door (its errors take OpenAI's shape)."""
+    return path.startswith(OPENAI_PREFIX)
+
+
+def openai_error(status: int, message: str, code: str | None) -> dict[str, Any]:
+    """OpenAI's error body {"error": {message, type, param, code}} for a status and message.
+
+    param is the field the message names first (in OpenAI's words), or null.
+    """
+    match = _FIELD_RE.match(message)
+    param = None if match is None else OPENAI_FIELDS.get(match.group(1), match.group(1))
+    kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}

@@ -17,7 +17,7 @@ from idlakd.errors import IdlakdError
 from idlakd.web.access import Handler as Handler  # re-exported: the middlewares' type
 from idlakd.web.admin.pages import error_page, is_admin_path, sign_in_redirect
 from idlakd.web.admin.session import SignInRequired
-from idlakd.web.errors import headers_of, status_of
+from idlakd.web.errors import headers_of, is_openai_path, openai_error, status_of
 from idlakd.web.keys import (access_key, request_id_key, request_start_key, started_response_key,
                              user_id_key)
 from idlakd.web.proxies import client_address
@@ -60,6 +60,14 @@ def error_response(status: int, message: str, headers: Mapping[str, str] | None 
     if code:
         data["code"] = code
     return json_response(data, status=status, headers=headers)
+
+
+def error_for(request: web.Request, status: int, message: str,
+              headers: Mapping[str, str] | None = None, code: str | None = None) -> web.Response:
+    """The error answer of a request's door: OpenAI's shape on /v1/..., else the one shape."""
+    if is_openai_path(request.path):
+        return json_response(openai_error(status, message, code), status=status, headers=headers)
+    return error_response(status, message, headers, code)
 
 
 def request_id(request: web.Request) -> str:
@@ -111,12 +119,12 @@ def _http_error(request: web.Request, exc: web.HTTPException, page: bool) -> web
         response = error_page(request, exc.status, message)
         response.headers.update({k: v for k, v in kept.items() if k.lower() != "www-authenticate"})
         return response
-    return error_response(exc.status, message, kept)
+    return error_for(request, exc.status, message, kept)
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes the contract's {"message"} JSON, or an HTML page on /admin."""
+    """Every failure becomes the door's JSON error (OpenAI's shape on /v1), or a page on /admin."""
     request_id(request)
     try:
         return await handler(request)
@@ -139,7 +147,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 response = error_page(request, status_of(exc), exc.message)
                 response.headers.update(headers_of(exc))
                 return response
-            return error_response(status_of(exc), exc.message, headers_of(exc), exc.code)
+            return error_for(request, status_of(exc), exc.message, headers_of(exc), exc.code)
         if isinstance(exc, web.HTTPException):
             if exc.status < 400:
                 raise
@@ -149,7 +157,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                       request.method, request.path, request[request_id_key])
         if page:
             return error_page(request, 500, HTTP_MESSAGES[500])
-        return error_response(500, HTTP_MESSAGES[500])
+        return error_for(request, 500, HTTP_MESSAGES[500])
 
 
 async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:

@@ -9,7 +9,7 @@ from aiohttp.web_urldispatcher import AbstractRoute
 
 from idlakd.web.access import Access, Route
 from idlakd.web.admin import views as admin
-from idlakd.web.api import auth, keys, marks, speech, usage, users, voices
+from idlakd.web.api import auth, keys, marks, speech, usage, users, v1_lists, v1_speech, voices
 from idlakd.web.keys import access_key
 from idlakd.web.ops import health, index, metrics, openapi
 
@@ -40,6 +40,9 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("POST",   "/speech",                    speech.speech,           "user"),
     Route("POST",   "/speech/marks",              marks.speech_marks,      "user"),
     Route("POST",   "/speech/captions",           marks.speech_captions,   "user"),
+    Route("POST",   "/v1/audio/speech",           v1_speech.create_speech, "user"),
+    Route("GET",    "/v1/audio/voices",           v1_lists.list_voices,    "user"),
+    Route("GET",    "/v1/models",                 v1_lists.list_models,    "user"),
     Route("GET",    "/",                          index.index,             "public"),
     Route("GET",    "/healthz",                   health.healthz,          "public"),
     Route("GET",    "/readyz",                    health.readyz,           "public"),

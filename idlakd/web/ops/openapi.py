@@ -22,8 +22,9 @@ from idlakd.accounts.uids import UID_RULE
 from idlakd.accounts.users import NO_SUCH_USER as UNKNOWN_USER
 from idlakd.accounts.users import ONLY_ADMIN, USER_EXISTS
 from idlakd.errors import Busy, DatabaseUnwritable
-from idlakd.synth.options import MARK_TYPES
+from idlakd.synth.options import MARK_TYPES, SPEED_RANGE
 from idlakd.synth.transcode import CONTENT_TYPES, FORMATS
+from idlakd.web.api import v1_speech
 from idlakd.web.ops.docs_page import DOCS_HTML, DOCS_SCRIPT
 from idlakd.web.validation import INVALID_JSON, MISSING, NOT_BOOLEAN, NOT_OBJECT, NOT_STRING
 
@@ -218,6 +219,77 @@ def _voice_filters() -> dict[str, Any]:
     return {"language": STR, "accent": STR, "gender": {"type": "string", "enum": ["male", "female"]}}
 
 
+def _openai_error(description: str) -> dict[str, Any]:
+    """An error response of OpenAI's door: OpenAI's error shape."""
+    return {"description": description,
+            "content": {JSON: {"schema": {"$ref": "#/components/schemas/OpenAIError"}}}}
+
+
+def _v1_op(summary: str, responses: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """An operation of OpenAI's door: every error (the default 500 too) in OpenAI's shape."""
+    op = _op(summary, responses, tag="openai", security=True, **kwargs)
+    op["responses"]["500"] = _openai_error("Unexpected failure, or synthesis failed before the "
+                                           "status line was sent")
+    op["responses"]["401"] = _openai_error("No usable token or API key (AuthenticationError)")
+    return op
+
+
+def _v1_paths() -> dict[str, Any]:
+    """OpenAI's door: /v1/audio/speech, /v1/models, /v1/audio/voices."""
+    listing = {"object": {"type": "string", "const": "list"}}
+    model = _obj({"id": STR, "object": {"type": "string", "const": "model"},
+                  "created": {"type": "integer"}, "owned_by": STR},
+                 ["id", "object", "created", "owned_by"])
+    voice = _obj({"id": STR, "object": {"type": "string", "const": "voice"}, "voice_id": STR,
+                  "alias": BOOL, "name": STR, "language": STR, "accent": STR,
+                  "gender": {"type": "string", "enum": ["male", "female"]}},
+                 ["id", "object", "voice_id", "alias", "name", "language", "accent", "gender"])
+    speech_body = _obj({
+        "model": STR, "input": STR,
+        "voice": {"oneOf": [STR, _obj({"id": STR}, ["id"])]},
+        "response_format": {"type": "string", "enum": list(v1_speech.FORMATS), "default": "mp3"},
+        "speed": {"type": "number", "minimum": SPEED_RANGE[0], "maximum": SPEED_RANGE[1],
+                  "default": 1.0},
+        "instructions": {"type": "string", "maxLength": v1_speech.MAX_INSTRUCTIONS},
+        "stream_format": {"type": "string", "enum": list(v1_speech.STREAM_FORMATS),
+                          "default": "audio"},
+        "marks": {"type": "array", "items": {"type": "string", "enum": list(MARK_TYPES)}},
+    }, ["model", "input", "voice"])
+    audio_types = ["audio/mpeg", "audio/ogg; codecs=opus", "audio/aac", "audio/flac",
+                   "audio/wav", "audio/L16; rate=24000; channels=1"]
+    audio = {t: {"schema": {"type": "string", "format": "binary"}} for t in audio_types}
+    audio["text/event-stream"] = {"schema": STR}
+    return {
+        "/v1/audio/speech": {"post": _v1_op(
+            "OpenAI's speech request: audio streamed as made, or Server-Sent Events",
+            description=("OpenAI-compatible (the official openai clients work with base_url "
+                         "<server>/v1). stream_format sse: speech.audio.delta events (base64 "
+                         "audio), speech.mark events when marks are asked, then "
+                         "speech.audio.done with usage (input_tokens: characters, "
+                         "output_tokens: milliseconds of audio made). Errors use OpenAI's shape."),
+            body=_body(speech_body),
+            responses={
+                "200": {"description": "Audio, or text/event-stream", "content": audio},
+                "400": _openai_error("Bad JSON, or unknown voice (code voice_not_found)"),
+                "404": _openai_error("Model not in openai_models (code model_not_found)"),
+                "408": _openai_error("Body not received within body_timeout_seconds"),
+                "413": _openai_error("Body or input over its limit, audio over "
+                                     "max_audio_seconds, or the input alone over a quota"),
+                "422": _openai_error("Bad field (param names it), blank input, refused markup"),
+                "429": _openai_error("Over one of the caller's quotas (Retry-After)"),
+                "503": _openai_error("Queue full or shutting down (Retry-After)"),
+            })},
+        "/v1/audio/voices": {"get": _v1_op(
+            "The voice names /v1/audio/speech accepts: aliases, then voice ids",
+            responses={"200": _ok("Voices", _obj({**listing, "data": {
+                "type": "array", "items": voice}}, ["object", "data"]))})},
+        "/v1/models": {"get": _v1_op(
+            "The model names /v1/audio/speech accepts (openai_models)",
+            responses={"200": _ok("Models", _obj({**listing, "data": {
+                "type": "array", "items": model}}, ["object", "data"]))})},
+    }
+
+
 def build_spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the whole HTTP API (api-contract.md, plus operations routes)."""
     voices_found = _ok("Matching voices", _obj({"voices": {"type": "array", "items": REF_VOICE}}, ["voices"]))
@@ -405,6 +477,7 @@ def build_spec() -> dict[str, Any]:
                     "text/vtt": {"schema": {"type": "string"}}}},
                 **_TIMING_ERRORS,
             })},
+        **_v1_paths(),
         "/": {"get": _op(
             "Where to go: browsers to the admin page, API clients a JSON index", tag="operations",
             responses={
@@ -451,9 +524,12 @@ def build_spec() -> dict[str, Any]:
             "description": ("Speech synthesis server for Idlak (eSpeak NG built in). Every error body "
                             "is {\"message\": ...}; every response carries X-Request-Id; every 401 "
                             "carries WWW-Authenticate: Bearer. Unknown routes answer 404 and wrong "
-                            "methods 405, both with the error shape."),
+                            "methods 405, both with the error shape. Under /v1/ (OpenAI's door) "
+                            "errors take OpenAI's shape {\"error\": {message, type, param, "
+                            "code}} instead."),
         },
-        "tags": [{"name": n} for n in ("auth", "users", "voices", "speech", "operations")],
+        "tags": [{"name": n} for n in ("auth", "users", "voices", "speech", "openai",
+                                        "operations")],
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {
@@ -462,6 +538,10 @@ def build_spec() -> dict[str, Any]:
                                "accepted too); API keys start with idk_"}},
             "schemas": {
                 "Error": _obj({"message": STR, "code": STR}, ["message"]),
+                "OpenAIError": _obj({"error": _obj({
+                    "message": STR, "type": STR, "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]}}, ["message", "type", "param", "code"])},
+                    ["error"]),
                 "Message": _obj({"message": STR}, ["message"]),
                 "Voice": _obj({"voice_id": STR, "id": STR, "name": STR, "language": STR,
                                "accent": STR, "gender": {"type": "string", "enum": ["male", "female"]},
