@@ -10,9 +10,10 @@ readers cannot hold every slot and stall other voices.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from typing import Any, AsyncGenerator, AsyncIterator, Final, Sequence
+from typing import Any, AsyncGenerator, AsyncIterator, Callable, Final, Sequence
 
 from idlakd.synth.document import Chunk
 from idlakd.synth.limiter import Admission, Lease
@@ -61,6 +62,53 @@ class Flow:
     def remaining(self) -> float:
         """Seconds a chunk may still wait for room before its consumer counts as stalled."""
         return self._last + self.patience - self._loop.time()
+
+
+class ChunkFeed:
+    """The chunks of one stream in text order: all known at once, or added while it plays (a live session).
+
+    The pipeline takes chunks as it has room for them; add() wakes it, close()
+    says no more will come (the stream ends after the last one's audio).
+    """
+
+    def __init__(self, chunks: Sequence[Chunk] = (), closed: bool = True) -> None:
+        self._chunks: collections.deque[Chunk] = collections.deque(chunks)
+        self.closed = closed
+        self._changed = asyncio.Event()
+        self._listener: Callable[[], None] | None = None
+
+    def add(self, chunks: Sequence[Chunk]) -> None:
+        """More chunks, after the ones before."""
+        if self.closed:
+            raise RuntimeError("chunks added to a closed feed")
+        self._chunks.extend(chunks)
+        self._changed.set()
+        if self._listener is not None:
+            self._listener()
+
+    def close(self) -> None:
+        """No more chunks will come."""
+        self.closed = True
+        self._changed.set()
+
+    def listen(self, listener: Callable[[], None] | None) -> None:
+        """Call listener (synchronously) whenever chunks are added."""
+        self._listener = listener
+
+    def take(self) -> Chunk | None:
+        """The next chunk, if one is waiting."""
+        return self._chunks.popleft() if self._chunks else None
+
+    @property
+    def exhausted(self) -> bool:
+        """Closed with nothing left to take."""
+        return self.closed and not self._chunks
+
+    async def wait(self) -> None:
+        """Until chunks are added or the feed is closed."""
+        self._changed.clear()
+        if not self._chunks and not self.closed:
+            await self._changed.wait()
 
 
 class ChunkAudio:
@@ -140,8 +188,8 @@ def _place(marks: MarkTrack, chunk: Chunk, audio: ChunkAudio, start: int, rate: 
         marks.place(chunk, audio.events.pop(0), start, rate)
 
 
-async def ordered_pcm(pool: VoicePool, chunks: Sequence[Chunk], admission: Admission, flow: Flow,
-                      max_audio_seconds: float, marks: MarkTrack | None = None
+async def ordered_pcm(pool: VoicePool, chunks: Sequence[Chunk] | ChunkFeed, admission: Admission,
+                      flow: Flow, max_audio_seconds: float, marks: MarkTrack | None = None
                       ) -> AsyncGenerator[tuple[int, bytes], None]:
     """Yield (rate, PCM) strictly in text order while the next chunks synthesise in parallel.
 
@@ -152,28 +200,37 @@ async def ordered_pcm(pool: VoicePool, chunks: Sequence[Chunk], admission: Admis
     Every chunk yields at least once (empty PCM if it had no audio). Past
     max_audio_seconds of audio, AudioTooLong is raised and synthesis stops.
     With marks, each chunk's marks are placed as its audio is yielded (a mark
-    is due once the audio it points at has been).
+    is due once the audio it points at has been). With a ChunkFeed still open,
+    the stream waits for more chunks after the last one's audio.
     """
+    feed = chunks if isinstance(chunks, ChunkFeed) else ChunkFeed(chunks)
     # Enough chunks in flight to keep every worker of the voice busy, plus
     # the one being consumed; a bound, so a long text never piles up audio.
     lookahead = pool.size + 1
-    pending: list[tuple[asyncio.Task[int], ChunkAudio]] = []
-    index = 0
+    pending: list[tuple[asyncio.Task[int], ChunkAudio, Chunk]] = []
     first = True
     produced = 0  # bytes of PCM yielded so far
+
+    def fill() -> None:
+        """Start chunks until lookahead are in flight (also when a live feed gets more)."""
+        while len(pending) < lookahead and (chunk := feed.take()) is not None:
+            audio = ChunkAudio(flow)
+            task = asyncio.create_task(pool.stream(
+                chunk, audio.put, admission, audio.hold, None if marks is None else audio.event))
+            task.add_done_callback(audio.finished)
+            pending.append((task, audio, chunk))
+
+    feed.listen(fill)
     try:
-        while index < len(chunks) or pending:
-            while index < len(chunks) and len(pending) < lookahead:
-                audio = ChunkAudio(flow)
-                task = asyncio.create_task(pool.stream(
-                    chunks[index], audio.put, admission, audio.hold,
-                    None if marks is None else audio.event))
-                task.add_done_callback(audio.finished)
-                pending.append((task, audio))
-                index += 1
+        while True:
+            fill()
+            if not pending:
+                if feed.exhausted:
+                    break
+                await feed.wait()
+                continue
             # The head stays in `pending` until done, so cancellation reaches it too.
-            task, audio = pending[0]
-            chunk = chunks[index - len(pending)]
+            task, audio, chunk = pending[0]
             chunk_start = produced // 2  # samples before this chunk
             yielded = False
             while True:
@@ -199,11 +256,12 @@ async def ordered_pcm(pool: VoicePool, chunks: Sequence[Chunk], admission: Admis
             if not yielded:
                 yield rate, b""
     finally:
+        feed.listen(None)
         # Cancel all before waiting for any: a worker freed by one must not
         # be picked up by the next pending chunk.
-        for task, _audio in pending:
+        for task, _audio, _chunk in pending:
             task.cancel()
-        for task, _audio in pending:
+        for task, _audio, _chunk in pending:
             error = await cancel_and_wait(task)
             if error is not None:
                 # A chunk ahead of the consumer failed after the stream ended anyway.
