@@ -19,15 +19,20 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Final
 
+from idlakd.synth.options import SpeechOptions
+
 log = logging.getLogger(__name__)
 
 _TEMP_PREFIX: Final = ".partial-"
 _READ_SIZE: Final = 256 * 1024
 
 
-def cache_key(voice_id: str, voice_version: str, audio_format: str, text: str) -> str:
-    """The file name for one (voice, version, format, text): a hash, so any text is safe."""
-    blob = json.dumps([voice_id, voice_version, audio_format, text], ensure_ascii=False)
+def cache_key(voice_id: str, voice_version: str, audio_format: str, text: str,
+              options: SpeechOptions = SpeechOptions()) -> str:
+    """The file name for one (voice, version, format, text, what shapes the audio): a hash, so any text is safe."""
+    # Whether it streams, and which marks are collected, do not change the bytes.
+    shape = [options.sample_rate, options.speed, options.pitch, options.volume, options.text_type]
+    blob = json.dumps([voice_id, voice_version, audio_format, text, *shape], ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest() + "." + audio_format
 
 

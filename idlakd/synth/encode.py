@@ -1,9 +1,10 @@
-"""PCM pieces to the bytes of a format: WAV straight through, ogg/mp3 through tracked ffmpegs."""
+"""PCM pieces to the bytes of a format: WAV and PCM straight through, the rest through tracked ffmpegs."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 from typing import AsyncGenerator, AsyncIterator, Final
@@ -11,6 +12,9 @@ from typing import AsyncGenerator, AsyncIterator, Final
 from idlakd.config import Config
 from idlakd.synth import wav
 from idlakd.synth.cache import CacheEntryWriter
+from idlakd.synth.filters import prosody_filters
+from idlakd.synth.formats import AudioFormat
+from idlakd.synth.options import SpeechOptions
 from idlakd.synth.pipeline import PIECE_BYTES, Flow, PcmPieces, next_pcm
 from idlakd.synth.spool import Spool
 from idlakd.synth.tasks import BackgroundTasks, cancel_and_wait
@@ -20,6 +24,38 @@ log = logging.getLogger(__name__)
 
 # How long a failed ffmpeg's reader waits for the feeder to say whether it caused the failure.
 _FEEDER_SETTLE_SECONDS: Final = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+    """How one answer's PCM becomes its bytes: the format, the rates in and out, the filters."""
+
+    spec: AudioFormat
+    input_rate: int
+    output_rate: int
+    filters: tuple[str, ...] = ()
+
+    @property
+    def via_ffmpeg(self) -> bool:
+        """Whether ffmpeg makes the bytes (a codec, a new rate or a filter is needed)."""
+        return self.spec.needs_ffmpeg or bool(self.filters) or self.input_rate != self.output_rate
+
+    @property
+    def wav_header(self) -> bool:
+        """Whether the bytes start with a WAV header written here (ffmpeg then makes raw PCM)."""
+        return self.spec.name == "wav"
+
+    @property
+    def content_type(self) -> str:
+        """The answer's Content-Type (raw PCM names its real rate)."""
+        return self.spec.content_type_at(self.output_rate)
+
+
+def plan_encoding(spec: AudioFormat, voice_rate: int, options: SpeechOptions,
+                  native: frozenset[str] = frozenset()) -> Encoding:
+    """The Encoding of an answer: options' rate and the prosody the engine did not do (native)."""
+    return Encoding(spec, voice_rate, spec.output_rate(voice_rate, options.sample_rate),
+                    tuple(prosody_filters(options, native)))
 
 
 def _pieces(data: bytes) -> list[bytes | memoryview]:
@@ -49,18 +85,24 @@ class Encoder:
         await asyncio.gather(*(t.aclose() for t in list(self._transcoders)),
                              return_exceptions=True)
 
-    async def start_transcoder(self, audio_format: str, rate: int) -> Transcoder:
+    async def start_transcoder(self, encoding: Encoding) -> Transcoder:
         """Start ffmpeg for one stream and track it; TranscodeError if it cannot start."""
         try:
             if self._ffmpeg is None:
                 # imageio_ffmpeg imports and looks at the disk: once, off the loop.
                 self._ffmpeg = await asyncio.to_thread(ffmpeg_executable, self._config)
-            transcoder = await Transcoder.start(self._ffmpeg, audio_format, rate,
-                                                self._config.synthesis_timeout_seconds)
+            transcoder = await Transcoder.start(
+                self._ffmpeg, encoding.spec.name, encoding.input_rate,
+                self._config.synthesis_timeout_seconds, encoding.output_rate, encoding.filters)
         except OSError as exc:
             raise TranscodeError(f"ffmpeg could not start: {exc}") from None
         self._transcoders.add(transcoder)
         return transcoder
+
+    def prestart(self, encoding: Encoding) -> "Prestarted":
+        """Start ffmpeg for encoding in the background, before the first audio confirms its rate."""
+        return Prestarted(self, self._background, encoding,
+                          asyncio.create_task(self.start_transcoder(encoding)))
 
     async def stop_transcoder(self, transcoder: Transcoder) -> None:
         """Stop and reap ffmpeg, even if the caller is being cancelled."""
@@ -69,15 +111,17 @@ class Encoder:
         finally:
             self._transcoders.discard(transcoder)
 
-    async def wav(self, rate: int, first: bytes, pieces: PcmPieces, flow: Flow,
-                  writer: CacheEntryWriter | None) -> AsyncGenerator[bytes | memoryview, None]:
-        """A streamed WAV: a header of unknown length, then the PCM as it comes.
+    async def direct(self, encoding: Encoding, first: bytes, pieces: PcmPieces, flow: Flow,
+                     writer: CacheEntryWriter | None) -> AsyncGenerator[bytes | memoryview, None]:
+        """Streamed PCM without ffmpeg: for WAV a header of unknown length first.
 
-        The cache copy gets exact sizes, patched in once the length is known.
+        The cache copy of a WAV gets exact sizes, patched in once the length is known.
         """
-        yield wav.streaming_header(rate)
-        if writer is not None:
-            await writer.write(wav.exact_header(rate, 0))
+        rate = encoding.input_rate
+        if encoding.wav_header:
+            yield wav.streaming_header(rate)
+            if writer is not None:
+                await writer.write(wav.exact_header(rate, 0))
         data_bytes = 0
         pcm: bytes | None = first
         while pcm is not None:
@@ -88,12 +132,35 @@ class Encoder:
                 await writer.write(pcm)
             data_bytes += len(pcm)
             pcm = await next_pcm(pieces, rate)
+        if writer is not None and encoding.wav_header:
+            await writer.write_at(0, wav.exact_header(rate, data_bytes))
+
+    async def transcoded(self, transcoder: Transcoder, encoding: Encoding, first: bytes,
+                         pieces: PcmPieces, flow: Flow,
+                         writer: CacheEntryWriter | None) -> AsyncGenerator[bytes, None]:
+        """ffmpeg's output (after a streaming WAV header for wav) while PCM is fed to it concurrently."""
+        if not encoding.wav_header:
+            encoded = self._encoded(transcoder, encoding.input_rate, first, pieces, flow, writer)
+            async with contextlib.aclosing(encoded):
+                async for data in encoded:
+                    yield data
+            return
+        rate = encoding.output_rate
+        yield wav.streaming_header(rate)
+        if writer is not None:
+            await writer.write(wav.exact_header(rate, 0))
+        data_bytes = 0
+        encoded = self._encoded(transcoder, encoding.input_rate, first, pieces, flow, writer)
+        async with contextlib.aclosing(encoded):
+            async for data in encoded:
+                data_bytes += len(data)
+                yield data
         if writer is not None:
             await writer.write_at(0, wav.exact_header(rate, data_bytes))
 
-    async def transcoded(self, transcoder: Transcoder, rate: int, first: bytes,
-                         pieces: PcmPieces, flow: Flow,
-                         writer: CacheEntryWriter | None) -> AsyncGenerator[bytes, None]:
+    async def _encoded(self, transcoder: Transcoder, rate: int, first: bytes,
+                       pieces: PcmPieces, flow: Flow,
+                       writer: CacheEntryWriter | None) -> AsyncGenerator[bytes, None]:
         """ffmpeg's output while PCM is fed to it concurrently; ffmpeg always stops at the end."""
         feeder = asyncio.create_task(self._feed(transcoder, rate, first, pieces))
         try:
@@ -132,40 +199,87 @@ class Encoder:
             await self._background.finish(transcoder.aclose())
             raise
 
-    async def complete(self, audio_format: str, rate: int, first: bytes, pieces: PcmPieces,
-                       flow: Flow, writer: CacheEntryWriter | None,
+    async def complete(self, encoding: Encoding, transcoder: Transcoder | None, first: bytes,
+                       pieces: PcmPieces, flow: Flow, writer: CacheEntryWriter | None,
                        spool_dir: Path) -> tuple[bytes, Spool]:
-        """Everything encoded into a spool: (header to send before it, spool); the caller closes the spool.
+        """Everything encoded (by transcoder, if the encoding needs ffmpeg) into a spool.
 
-        The spool holds spool_bytes in memory, the rest in an unlinked temporary
-        file: however long the answer, the daemon's memory stays bounded.
+        Returns (header to send before it, spool); the caller closes the spool. The
+        spool holds spool_bytes in memory, the rest in an unlinked temporary file:
+        however long the answer, the daemon's memory stays bounded.
         """
         body = Spool(self._config.spool_bytes, spool_dir)
         try:
-            if audio_format == "wav":
-                if writer is not None:
-                    await writer.write(wav.exact_header(rate, 0))
+            if encoding.wav_header and writer is not None:
+                await writer.write(wav.exact_header(encoding.output_rate, 0))
+            if transcoder is not None:
+                encoded = self._encoded(transcoder, encoding.input_rate, first, pieces, flow,
+                                        writer)
+                async with contextlib.aclosing(encoded):
+                    async for data in encoded:
+                        await body.write(data)
+            else:
                 pcm: bytes | None = first
                 while pcm is not None:
                     await body.write(pcm)
                     flow.moved()
                     if writer is not None:
                         await writer.write(pcm)
-                    pcm = await next_pcm(pieces, rate)
-                # The header knows the size only now; the PCM follows it from the spool.
-                header = wav.exact_header(rate, body.size)
-                if writer is not None:
-                    await writer.write_at(0, header)
-                return header, body
-            transcoder = await self.start_transcoder(audio_format, rate)
-            encoded = self.transcoded(transcoder, rate, first, pieces, flow, writer)
-            async with contextlib.aclosing(encoded):
-                async for data in encoded:
-                    await body.write(data)
-            return b"", body
+                    pcm = await next_pcm(pieces, encoding.input_rate)
+            if not encoding.wav_header:
+                return b"", body
+            # The header knows the size only now; the PCM follows it from the spool.
+            header = wav.exact_header(encoding.output_rate, body.size)
+            if writer is not None:
+                await writer.write_at(0, header)
+            return header, body
         except BaseException:
             await self._background.finish(body.aclose())
             raise
+
+
+class Prestarted:
+    """An ffmpeg started while the first audio is made (its start would add to the first byte).
+
+    It is started for the rate the voice declares; take() uses it when the
+    first audio confirms that rate, else stops it and starts the right one.
+    """
+
+    def __init__(self, encoder: Encoder, background: BackgroundTasks, encoding: Encoding,
+                 task: asyncio.Task[Transcoder]) -> None:
+        self._encoder = encoder
+        self._background = background
+        self.encoding = encoding
+        self._task = task
+        self._settled = False
+
+    async def take(self, encoding: Encoding) -> Transcoder:
+        """The ffmpeg for encoding: this one if it was started for it; TranscodeError if none starts."""
+        if encoding != self.encoding or self._settled:
+            await self.aclose()
+            return await self._encoder.start_transcoder(encoding)
+        try:
+            # Shielded: a caller cancelled here must not leave the spawn half done.
+            transcoder = await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            await self.aclose()
+            raise
+        self._settled = True
+        return transcoder
+
+    async def aclose(self) -> None:
+        """Stop this ffmpeg unless it was taken; even a caller being cancelled stops it."""
+        if not self._settled:
+            self._settled = True
+            await self._background.finish(self._discard())
+
+    async def _discard(self) -> None:
+        """Wait for the start (a cancelled spawn could leave ffmpeg behind), then stop it."""
+        try:
+            transcoder = await self._task
+        except TranscodeError:
+            return
+        await self._encoder.stop_transcoder(transcoder)
 
 
 async def spooled(header: bytes, body: Spool) -> AsyncIterator[bytes | memoryview]:

@@ -19,7 +19,8 @@ from idlakd.errors import Busy, Failed, InvalidRequest, TooLarge
 from idlakd.models import Voice
 from idlakd.synth.cache import AudioCache, CacheEntryWriter, cache_key, close_file, read_block
 from idlakd.synth.document import Document, DocumentError, parse
-from idlakd.synth.encode import Encoder, spooled
+from idlakd.synth.encode import Encoder, Prestarted, plan_encoding, spooled
+from idlakd.synth.formats import AUDIO_FORMATS, FORMAT_NAMES
 from idlakd.synth.limiter import SynthesisLimiter
 from idlakd.synth.marks import MarkTrack
 from idlakd.synth.options import SpeechOptions
@@ -28,7 +29,7 @@ from idlakd.synth.pool import VoicePool
 from idlakd.synth.stats import CacheStats, SynthStats
 from idlakd.synth.stream import AudioStream, PcmMeter
 from idlakd.synth.tasks import BackgroundTasks, cancel_and_wait
-from idlakd.synth.transcode import CONTENT_TYPES, FORMATS, TranscodeError
+from idlakd.synth.transcode import TranscodeError, Transcoder
 from idlakd.synth.workers import SynthesisError
 
 log = logging.getLogger(__name__)
@@ -245,23 +246,29 @@ class Synthesizer:
                          options: SpeechOptions = SpeechOptions()) -> AudioStream:
         """The audio of text in voice and format: returned once the answer can start.
 
-        Raises before any byte: InvalidRequest (format, text), TooLarge (audio
+        Raises before any byte: InvalidRequest (format, rate, text), TooLarge (audio
         estimate, or more audio than max_audio_seconds before the first byte),
         Busy (limiter full, or closing), Failed (synthesis or encoding failed).
         A stream returns after its first audio; a complete answer once all of
         it is made (its length is then exact). The caller must aclose() it.
         """
-        if audio_format not in FORMATS:
+        spec = AUDIO_FORMATS.get(audio_format)
+        if spec is None:
             raise InvalidRequest(
-                f"audio_format: Not a valid choice. Valid choices: {'|'.join(FORMATS)}")
+                f"audio_format: Not a valid choice. Valid choices: {'|'.join(FORMAT_NAMES)}")
+        refused = None if options.sample_rate is None else spec.refused_rate(options.sample_rate)
+        if refused is not None:
+            raise InvalidRequest(f"sample_rate: {refused}")
         if not self._accepting:
             raise Busy()
         chunks = (await self._document(text, options.text_type, voice.language)).chunks
         self.requests += 1
-        content_type = CONTENT_TYPES[audio_format]
-        # A cached answer has no marks: a request for marks is always synthesised.
-        key = (cache_key(voice.id, voice.version, audio_format, text)
-               if self._cache.enabled and not options.marks else None)
+        # A cached answer is served before any PCM tells the voice's rate: raw PCM, whose
+        # Content-Type names it, is cached only when the rate was asked. A cached answer
+        # has no marks: a request for marks is always synthesised.
+        cacheable = not spec.rate_in_content_type or options.sample_rate is not None
+        key = (cache_key(voice.id, voice.version, audio_format, text, options)
+               if self._cache.enabled and cacheable and not options.marks else None)
         marks = (MarkTrack(options.marks, text, 1 / options.speed) if options.marks else None)
         resources = contextlib.AsyncExitStack()
         try:
@@ -272,6 +279,8 @@ class Synthesizer:
                     resources.push_async_callback(close_file, handle)
                     blocks = _file_blocks(handle)
                     resources.push_async_callback(blocks.aclose)
+                    # Cached formats name no rate in their Content-Type, or the asked one (pcm).
+                    content_type = spec.content_type_at(options.sample_rate or 0)
                     return self._audio(content_type, size, blocks, resources)
             # Checked again after the awaits above: no pool may appear after close().
             if not self._accepting:
@@ -294,27 +303,41 @@ class Synthesizer:
             made = ordered_pcm(pool, chunks, admission, flow, self._config.max_audio_seconds, marks)
             resources.push_async_callback(made.aclose)
             pcm = PcmMeter(made)  # the stream's audio seconds, for usage
+            # No engine applies prosody itself yet: every change is an ffmpeg filter.
+            native: frozenset[str] = frozenset()
+            prestarted: Prestarted | None = None
+            if voice.sample_rate is not None:
+                # ffmpeg's start (10-25 ms) overlaps the first chunk's synthesis instead
+                # of adding to the first byte, at the rate the voice declares.
+                expected = plan_encoding(spec, voice.sample_rate, options, native)
+                if expected.via_ffmpeg:
+                    prestarted = self._encoder.prestart(expected)
+                    resources.push_async_callback(prestarted.aclose)
             with self._failures(voice, "before any audio"):
                 rate, first = await anext(pcm)
             length: int | None = None
-            if options.stream and audio_format == "wav":
-                body: AsyncIterator[bytes | memoryview] = self._encoder.wav(
-                    rate, first, pcm, flow, writer)
-            elif options.stream:
+            encoding = plan_encoding(spec, rate, options, native)
+            content_type = encoding.content_type
+            transcoder: Transcoder | None = None
+            if encoding.via_ffmpeg:
                 with self._failures(voice, f"cannot encode {audio_format}"):
-                    transcoder = await self._encoder.start_transcoder(audio_format, rate)
+                    transcoder = await (self._encoder.start_transcoder(encoding)
+                                        if prestarted is None else prestarted.take(encoding))
                 resources.push_async_callback(self._encoder.stop_transcoder, transcoder)
-                body = self._encoder.transcoded(transcoder, rate, first, pcm, flow, writer)
-            else:
+            if not options.stream:
                 with self._failures(voice, "before the answer"):
                     header, spool = await self._encoder.complete(
-                        audio_format, rate, first, pcm, flow, writer, self._config.state_dir)
+                        encoding, transcoder, first, pcm, flow, writer, self._config.state_dir)
                 resources.push_async_callback(spool.aclose)
                 length = len(header) + spool.size
-                body = spooled(header, spool)
+                body: AsyncIterator[bytes | memoryview] = spooled(header, spool)
                 if writer is not None:
                     # Made durable off the answer's path: the client never waits for fsync.
                     self._background.spawn(writer.commit())
+            elif transcoder is None:
+                body = self._encoder.direct(encoding, first, pcm, flow, writer)
+            else:
+                body = self._encoder.transcoded(transcoder, encoding, first, pcm, flow, writer)
             guarded = self._guarded(body, voice, writer)
             resources.push_async_callback(guarded.aclose)
             return self._audio(content_type, length, guarded, resources, pcm, marks)

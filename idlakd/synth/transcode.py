@@ -1,24 +1,25 @@
-"""Audio formats served, and ogg/mp3 encoding through one ffmpeg subprocess pipe per request."""
+"""Encoding, resampling and filtering through one ffmpeg subprocess pipe per request."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from typing import Final
+from typing import Final, Sequence
 
 from idlakd.config import Config
+from idlakd.synth.formats import AUDIO_FORMATS, FORMAT_NAMES
 from idlakd.synth.reaping import reap
 
 log = logging.getLogger(__name__)
 
-FORMATS: Final = ("wav", "ogg", "mp3")
-CONTENT_TYPES: Final = {"wav": "audio/wav", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
-ENCODED_FORMATS: Final = ("ogg", "mp3")
-
-# MPEG audio only knows these rates; anything else is resampled to the
-# nearest one above (or the highest) so a voice at an odd rate still works.
-_MP3_RATES: Final = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+#: The names of the formats served (the table is idlakd.synth.formats).
+FORMATS: Final = FORMAT_NAMES
+#: Content types of the formats whose type does not depend on the rate.
+CONTENT_TYPES: Final = {f.name: f.content_type for f in AUDIO_FORMATS.values()
+                        if not f.rate_in_content_type}
+#: Formats always encoded by ffmpeg (wav and pcm only when resampled or filtered).
+ENCODED_FORMATS: Final = tuple(f.name for f in AUDIO_FORMATS.values() if f.needs_ffmpeg)
 _READ_SIZE: Final = 64 * 1024
 _STOP_WAIT: Final = 0.5
 # How long ffmpeg alone may keep a caller waiting (synthesis_timeout_seconds' default).
@@ -39,19 +40,27 @@ def ffmpeg_executable(config: Config) -> str:
     return str(imageio_ffmpeg.get_ffmpeg_exe())
 
 
-def ffmpeg_arguments(audio_format: str, sample_rate: int) -> list[str]:
-    """ffmpeg arguments (without the program) reading s16le mono on stdin, writing the format on stdout."""
+def ffmpeg_arguments(audio_format: str, sample_rate: int, output_rate: int | None = None,
+                     filters: Sequence[str] = ()) -> list[str]:
+    """ffmpeg arguments (without the program) reading s16le mono at sample_rate on stdin, writing on stdout.
+
+    output_rate None: the format's own rule (see AudioFormat.output_rate). wav and
+    pcm come out as raw s16le (a WAV header is the caller's); ValueError when they
+    need no ffmpeg at all (same rate, no filters), or the format is unknown.
+    """
+    spec = AUDIO_FORMATS.get(audio_format)
+    if spec is None:
+        raise ValueError(f"no audio format {audio_format!r}")
+    rate = spec.output_rate(sample_rate, None) if output_rate is None else output_rate
+    if not spec.needs_ffmpeg and rate == sample_rate and not filters:
+        raise ValueError(f"ffmpeg does not encode {audio_format!r} here")
     args = ["-hide_banner", "-loglevel", "error",
             "-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"]
-    if audio_format == "ogg":
-        args += ["-c:a", "libvorbis", "-q:a", "4", "-f", "ogg"]
-    elif audio_format == "mp3":
-        if sample_rate not in _MP3_RATES:
-            target = next((r for r in _MP3_RATES if r >= sample_rate), _MP3_RATES[-1])
-            args += ["-ar", str(target)]
-        args += ["-c:a", "libmp3lame", "-q:a", "4", "-f", "mp3"]
-    else:
-        raise ValueError(f"ffmpeg does not encode {audio_format!r} here")
+    if filters:
+        args += ["-af", ",".join(filters)]
+    if rate != sample_rate:
+        args += ["-ar", str(rate)]
+    args += list(spec.codec_args) if spec.needs_ffmpeg else ["-c:a", "pcm_s16le", "-f", "s16le"]
     # Small pages/frames flushed promptly: the client hears the start early.
     args += ["-flush_packets", "1", "pipe:1"]
     return args
@@ -76,13 +85,14 @@ class Transcoder:
 
     @classmethod
     async def start(cls, executable: str, audio_format: str, sample_rate: int,
-                    timeout: float = DEFAULT_TIMEOUT) -> "Transcoder":
-        """Start ffmpeg for one stream; raises OSError if it cannot start."""
+                    timeout: float = DEFAULT_TIMEOUT, output_rate: int | None = None,
+                    filters: Sequence[str] = ()) -> "Transcoder":
+        """Start ffmpeg for one stream (see ffmpeg_arguments); raises OSError if it cannot start."""
         # Own process group: a Ctrl-C meant for the daemon must not cut the streams it
         # lets finish during its shutdown grace; ffmpeg still ends when its
         # stdin closes, so it cannot outlive the daemon.
         process = await asyncio.create_subprocess_exec(
-            executable, *ffmpeg_arguments(audio_format, sample_rate),
+            executable, *ffmpeg_arguments(audio_format, sample_rate, output_rate, filters),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, process_group=0)
         return cls(process, audio_format, timeout)

@@ -21,8 +21,9 @@ from aiohttp import HttpVersion11, web
 from idlakd.errors import Busy, IdlakdError, InvalidRequest, MalformedRequest, TooLarge
 from idlakd.models import Voice
 from idlakd.synth.stream import AudioStream
-from idlakd.synth.options import SpeechOptions
-from idlakd.synth.transcode import FORMATS
+from idlakd.synth.formats import AUDIO_FORMATS, FORMAT_NAMES
+from idlakd.synth.options import (PITCH_RANGE, SAMPLE_RATE_RANGE, SPEED_RANGE, TEXT_TYPES,
+                                  VOLUME_RANGE, SpeechOptions)
 from idlakd.web.keys import (config_key, quotas_key, runtime_key, store_key, synth_key,
                              user_key)
 from idlakd.web.validation import Fields, json_object
@@ -62,15 +63,25 @@ class SpeechRequest:
 
 
 async def read_speech_request(request: web.Request) -> SpeechRequest:
-    """The JSON body {voice_id, text, audio_format?, stream?} checked, the voice looked up."""
+    """The JSON body (voice_id, text and the optional fields of docs/api.md) checked, the voice looked up."""
     if request.app[runtime_key].stopping:
         # Running streams finish during the grace period; new ones go to another instance.
         raise Busy(SHUTTING_DOWN, retry_after=5)
     fields = Fields(await json_object(request))
     voice_id = fields.string("voice_id", required=True, hint="Provide a voice id")
     text = fields.string("text", required=True, max_length=None)
-    audio_format = fields.choice("audio_format", FORMATS, default="wav")
+    audio_format = fields.choice("audio_format", FORMAT_NAMES, default="wav")
     stream = fields.boolean("stream", default=True)
+    options = SpeechOptions(
+        stream=bool(stream), sample_rate=fields.integer("sample_rate", SAMPLE_RATE_RANGE),
+        speed=fields.number("speed", SPEED_RANGE, 1.0),
+        pitch=fields.number("pitch", PITCH_RANGE, 0.0),
+        volume=fields.number("volume", VOLUME_RANGE, 0.0),
+        text_type=fields.choice("text_type", TEXT_TYPES, default="auto") or "auto")
+    if audio_format is not None and options.sample_rate is not None:
+        refused = AUDIO_FORMATS[audio_format].refused_rate(options.sample_rate)
+        if refused is not None:
+            fields.error("sample_rate", refused)
     fields.check()
     assert voice_id is not None and text is not None and audio_format is not None
     voice = await request.app[store_key].get_voice(voice_id)
@@ -81,7 +92,7 @@ async def read_speech_request(request: web.Request) -> SpeechRequest:
     limit = request.app[config_key].max_text_length
     if len(text) > limit:
         raise TooLarge(f"text: Longer than the limit of {limit} characters.")
-    return SpeechRequest(voice, text, audio_format, SpeechOptions(stream=bool(stream)))
+    return SpeechRequest(voice, text, audio_format, options)
 
 
 async def answer_speech(request: web.Request, speech: SpeechRequest,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Final, Sequence
 
 from aiohttp import web
@@ -13,6 +14,8 @@ MISSING: Final = "Missing data for required field."
 NOT_STRING: Final = "Not a valid string."
 NOT_BOOLEAN: Final = "Not a valid boolean."
 NOT_CHOICE: Final = "Not a valid choice."
+NOT_INTEGER: Final = "Not a valid integer."
+NOT_NUMBER: Final = "Not a valid number."
 INVALID_JSON: Final = "Request body is not valid JSON"
 NOT_OBJECT: Final = "Request body must be a JSON object"
 MAX_FIELD_LENGTH: Final = 1024
@@ -83,6 +86,37 @@ class Fields:
             self.error(field, f"{NOT_CHOICE} Valid choices: {'|'.join(choices)}")
             return default
         return value
+
+    def integer(self, field: str, bounds: tuple[int, int]) -> int | None:
+        """An optional integer field within bounds (inclusive); None when absent or bad."""
+        value = self.body.get(field)
+        if value is None:
+            return None
+        # bool is an int in Python, not in JSON.
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.error(field, NOT_INTEGER)
+            return None
+        return value if self._within(field, value, bounds) else None
+
+    def number(self, field: str, bounds: tuple[float, float], default: float) -> float:
+        """An optional number field within bounds (inclusive); default when absent or bad."""
+        value = self.body.get(field)
+        if value is None:
+            return default
+        # JSON's NaN and Infinity (Python's parser takes them) are not numbers here.
+        if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                or (isinstance(value, float) and not math.isfinite(value))):
+            self.error(field, NOT_NUMBER)
+            return default
+        return float(value) if self._within(field, value, bounds) else default
+
+    def _within(self, field: str, value: float, bounds: tuple[float, float]) -> bool:
+        """Whether value lies in bounds (inclusive); records the error if not."""
+        low, high = bounds
+        if low <= value <= high:
+            return True
+        self.error(field, f"Must be between {low:g} and {high:g}.")
+        return False
 
     def check(self) -> None:
         """Raise one 422 listing every bad field, if any."""

@@ -24,7 +24,7 @@ from idlakd.errors import (Busy, InvalidRequest, NotAuthenticated, NotFound, Not
                            RateLimited)
 from idlakd.models import ENGINES, GENDERS, Voice
 from idlakd.synth.stats import SynthStats
-from idlakd.synth.transcode import FORMATS
+from idlakd.synth.formats import PLAYABLE_FORMATS
 from idlakd.voices.definitions import VoiceDefinitionError, voice_from_entry
 from idlakd.web.admin.flashes import Flash
 from idlakd.web.admin.session import (CSRF_FIELD, LOGIN_COOKIE, LOGIN_FORM_SECONDS,
@@ -448,7 +448,7 @@ async def voices_page(request: web.Request, form: Mapping[str, str] | None = Non
     voices = await request.app[store_key].list_voices()
     problems = await asyncio.to_thread(_voice_problems, voices, request.app[config_key].idlak_root)
     return render(request, "voices.html", session, {
-        "active": "voices", "voices": voices, "problems": problems, "formats": FORMATS,
+        "active": "voices", "voices": voices, "problems": problems, "formats": PLAYABLE_FORMATS,
         "engines": ENGINES, "genders": GENDERS,
         "form": form or dict.fromkeys(VOICE_FIELDS, "") | {"engine": "tangle"},
         "error": error}, status=422 if error else 200)
@@ -511,7 +511,7 @@ async def voice_page(request: web.Request) -> web.Response:
     return render(request, "voice.html", session, {
         "active": "voices", "voice": voice, "problem": problems[voice.id],
         "options": json.dumps(voice.options, sort_keys=True), "voices": [voice],
-        "formats": FORMATS})
+        "formats": PLAYABLE_FORMATS})
 
 
 async def confirm_remove_voice(request: web.Request) -> web.Response:

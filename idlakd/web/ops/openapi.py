@@ -22,8 +22,9 @@ from idlakd.accounts.uids import UID_RULE
 from idlakd.accounts.users import NO_SUCH_USER as UNKNOWN_USER
 from idlakd.accounts.users import ONLY_ADMIN, USER_EXISTS
 from idlakd.errors import Busy, DatabaseUnwritable
-from idlakd.synth.options import MARK_TYPES, SPEED_RANGE
-from idlakd.synth.transcode import CONTENT_TYPES, FORMATS
+from idlakd.synth.formats import AUDIO_FORMATS, FORMAT_NAMES, OPUS_RATES
+from idlakd.synth.options import (MARK_TYPES, PITCH_RANGE, SAMPLE_RATE_RANGE, SPEED_RANGE,
+                                  TEXT_TYPES, VOLUME_RANGE)
 from idlakd.web.api import v1_speech
 from idlakd.web.ops.docs_page import DOCS_HTML, DOCS_SCRIPT
 from idlakd.web.validation import INVALID_JSON, MISSING, NOT_BOOLEAN, NOT_OBJECT, NOT_STRING
@@ -212,6 +213,31 @@ def _usage_paths() -> dict[str, Any]:
                 }),
         },
     }
+
+
+def _speech_shape() -> dict[str, Any]:
+    """The /speech fields that shape the audio: rate, prosody, kind of text."""
+    def number(bounds: tuple[float, float], default: float, what: str) -> dict[str, Any]:
+        return {"type": "number", "minimum": bounds[0], "maximum": bounds[1],
+                "default": default, "description": what}
+
+    return {
+        "sample_rate": {"type": "integer", "minimum": SAMPLE_RATE_RANGE[0],
+                        "maximum": SAMPLE_RATE_RANGE[1],
+                        "description": "Output rate in Hz (opus, webm: " +
+                        ", ".join(map(str, OPUS_RATES)) + "); default: the voice's (mulaw, alaw: "
+                        "8000; opus, webm, mp3, aac: the nearest allowed rate above it)"},
+        "speed": number(SPEED_RANGE, 1.0, "Speaking rate factor; the pitch is kept"),
+        "pitch": number(PITCH_RANGE, 0.0, "Pitch shift in semitones; the tempo is kept"),
+        "volume": number(VOLUME_RANGE, 0.0, "Gain in dB"),
+        "text_type": {"type": "string", "enum": list(TEXT_TYPES), "default": "auto"},
+    }
+
+
+def _media_type(name: str) -> str:
+    """A format's media type for the schema (raw PCM's names its rate: the parameters go)."""
+    spec = AUDIO_FORMATS[name]
+    return spec.content_type.split(";")[0] if spec.rate_in_content_type else spec.content_type
 
 
 def _voice_filters() -> dict[str, Any]:
@@ -425,13 +451,15 @@ def build_spec() -> dict[str, Any]:
                          "aborted (an incomplete chunked body). \"stream\": false returns a complete "
                          "file with exact sizes and Content-Length."),
             body=_body(_obj({"voice_id": STR, "text": STR,
-                             "audio_format": {"type": "string", "enum": list(FORMATS), "default": "wav"},
-                             "stream": {"type": "boolean", "default": True}},
+                             "audio_format": {"type": "string", "enum": list(FORMAT_NAMES),
+                                              "default": "wav"},
+                             "stream": {"type": "boolean", "default": True},
+                             **_speech_shape()},
                             ["voice_id", "text"])),
             responses={
                 "200": {"description": "Audio", "content": {
-                    CONTENT_TYPES[fmt]: {"schema": {"type": "string", "format": "binary"}}
-                    for fmt in FORMATS}},
+                    _media_type(fmt): {"schema": {"type": "string", "format": "binary"}}
+                    for fmt in FORMAT_NAMES}},
                 "400": _error("Bad JSON or unknown voice", INVALID_JSON, "Voice could not be found"),
                 "401": USER_401,
                 "408": BODY_TIMEOUT,
@@ -440,7 +468,10 @@ def build_spec() -> dict[str, Any]:
                               "alone over a character quota"),
                 "422": _error("Bad field, blank text or refused markup",
                               f"voice_id: {MISSING} Provide a voice id", f"text: {MISSING}",
-                              f"audio_format: Not a valid choice. Valid choices: {'|'.join(FORMATS)}",
+                              f"audio_format: Not a valid choice. Valid choices: {'|'.join(FORMAT_NAMES)}",
+                              "speed: Must be between 0.25 and 4.",
+                              "sample_rate: Not a rate opus allows. Valid choices: "
+                              + "|".join(map(str, OPUS_RATES)),
                               "text: Must not be empty or blank."),
                 "429": _error("Over one of the caller's quotas (see Retry-After)",
                               QUOTA_MINUTE_EXAMPLE, QUOTA_DAY_EXAMPLE, QUOTA_CONCURRENT_EXAMPLE),
