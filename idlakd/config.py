@@ -110,7 +110,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("synthesis_timeout_seconds", "float", "60",
             "A worker silent this long on one chunk is killed and the request fails."),
     Setting("ffmpeg", "path", "",
-            "ffmpeg binary for ogg/mp3. Empty: the one from the imageio-ffmpeg wheel."),
+            "ffmpeg binary (every format but wav and pcm at the voice's rate, and prosody). Empty: "
+            "the one from the imageio-ffmpeg wheel."),
     Setting("idlak_root", "path", "",
             "Idlak checkout (its src/ holds pyIdlak) for voices with engine 'tangle'."),
     Setting("voice_roots", "str", "",

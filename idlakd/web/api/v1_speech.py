@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Final
 
 from aiohttp import web
@@ -26,23 +25,9 @@ STREAM_FORMATS: Final = ("audio", "sse")
 MAX_INSTRUCTIONS: Final = 4096
 MODEL_NOT_FOUND: Final = "model_not_found"
 VOICE_NOT_FOUND_CODE: Final = "voice_not_found"
-NOT_SPEED: Final = f"Not a number from {SPEED_RANGE[0]} to {SPEED_RANGE[1]}."
 MARKS_NEED_SSE: Final = "Only with stream_format sse."
 NOT_MARKS: Final = f"Not a list of mark types. Valid choices: {'|'.join(MARK_TYPES)}"
 BLANK_INPUT: Final = "input: Must not be empty or blank."
-
-
-def _speed(fields: Fields) -> float:
-    """speed: a JSON number in SPEED_RANGE (1.0 when absent)."""
-    value = fields.body.get("speed")
-    if value is None:
-        return 1.0
-    low, high = SPEED_RANGE
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or not low <= value <= high):
-        fields.error("speed", NOT_SPEED)
-        return 1.0
-    return float(value)
 
 
 def _voice_name(fields: Fields) -> str | None:
@@ -93,7 +78,7 @@ async def read_openai_speech(request: web.Request) -> tuple[SpeechRequest, bool]
     text = fields.string("input", required=True, max_length=None)
     name = _voice_name(fields)
     response_format = fields.choice("response_format", tuple(FORMATS), default="mp3")
-    speed = _speed(fields)
+    speed = fields.number("speed", SPEED_RANGE, 1.0)
     fields.string("instructions", max_length=MAX_INSTRUCTIONS)  # accepted, not used
     stream_format = fields.choice("stream_format", STREAM_FORMATS, default="audio")
     sse = stream_format == "sse"
