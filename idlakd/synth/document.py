@@ -94,6 +94,11 @@ class Text:
     #: Per word of text: (start, end) character offsets of its source in the request text.
     spans: tuple[tuple[int, int], ...] = dataclasses.field(default=(), compare=False)
 
+    def shifted(self, offset: int) -> "Text":
+        """The segment with its source offsets moved by offset."""
+        return dataclasses.replace(
+            self, spans=tuple((start + offset, end + offset) for start, end in self.spans))
+
     def wire(self) -> dict[str, Any]:
         """The segment as the worker protocol carries it."""
         if self.prosody is None:
@@ -106,6 +111,10 @@ class Break:
     """Silence of a bounded length."""
 
     ms: int
+
+    def shifted(self, _offset: int) -> "Break":
+        """A break points at no text: itself."""
+        return self
 
     def wire(self) -> dict[str, Any]:
         """The segment as the worker protocol carries it."""
@@ -120,6 +129,10 @@ class Marker:
     #: Character offsets of the <mark> element in the request text.
     start: int = dataclasses.field(default=0, compare=False)
     end: int = dataclasses.field(default=0, compare=False)
+
+    def shifted(self, offset: int) -> "Marker":
+        """The mark with its source offsets moved by offset."""
+        return dataclasses.replace(self, start=self.start + offset, end=self.end + offset)
 
     def wire(self) -> dict[str, Any]:
         """The segment as the worker protocol carries it."""
@@ -150,6 +163,12 @@ class Chunk:
     def wire(self) -> list[dict[str, Any]]:
         """The segments as the worker protocol carries them."""
         return [segment.wire() for segment in self.segments]
+
+    def shifted(self, offset: int) -> "Chunk":
+        """The chunk with its source offsets moved by offset (text said after other text)."""
+        if not offset:
+            return self
+        return Chunk(tuple(segment.shifted(offset) for segment in self.segments))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,6 +48,10 @@ class MarkTrack:
         """Output time per synthesised time."""
         return self._scale
 
+    def append_text(self, text: str) -> None:
+        """Text said after the text so far (a live session): later offsets point into it."""
+        self._text += text
+
     def add(self, mark: Mark) -> None:
         """A mark whose audio has been produced (kept only if its type was asked for)."""
         if mark.type in self.types:

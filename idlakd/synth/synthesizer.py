@@ -18,13 +18,13 @@ from idlakd.config import Config
 from idlakd.errors import Busy, Failed, InvalidRequest, TooLarge
 from idlakd.models import Voice
 from idlakd.synth.cache import AudioCache, CacheEntryWriter, cache_key, close_file, read_block
-from idlakd.synth.document import Document, DocumentError, parse
+from idlakd.synth.document import Chunk, Document, DocumentError, parse
 from idlakd.synth.encode import Encoder, Prestarted, plan_encoding, spooled
-from idlakd.synth.formats import AUDIO_FORMATS, FORMAT_NAMES
-from idlakd.synth.limiter import SynthesisLimiter
+from idlakd.synth.formats import AUDIO_FORMATS, FORMAT_NAMES, AudioFormat
+from idlakd.synth.limiter import Admission, SynthesisLimiter
 from idlakd.synth.marks import MarkTrack
 from idlakd.synth.options import SpeechOptions
-from idlakd.synth.pipeline import AudioTooLong, Flow, ordered_pcm
+from idlakd.synth.pipeline import AudioTooLong, ChunkFeed, Flow, ordered_pcm
 from idlakd.synth.pool import VoicePool
 from idlakd.synth.stats import CacheStats, SynthStats
 from idlakd.synth.stream import AudioStream, PcmMeter
@@ -252,13 +252,7 @@ class Synthesizer:
         A stream returns after its first audio; a complete answer once all of
         it is made (its length is then exact). The caller must aclose() it.
         """
-        spec = AUDIO_FORMATS.get(audio_format)
-        if spec is None:
-            raise InvalidRequest(
-                f"audio_format: Not a valid choice. Valid choices: {'|'.join(FORMAT_NAMES)}")
-        refused = None if options.sample_rate is None else spec.refused_rate(options.sample_rate)
-        if refused is not None:
-            raise InvalidRequest(f"sample_rate: {refused}")
+        spec = _format(audio_format, options)
         if not self._accepting:
             raise Busy()
         chunks = (await self._document(text, options.text_type, voice.language)).chunks
@@ -299,51 +293,81 @@ class Synthesizer:
                 writer = await self._cache.begin(key, self._cache.reserve(key))
                 if writer is not None:
                     resources.push_async_callback(writer.abort)
-            flow = Flow(self._config.synthesis_timeout_seconds + _ROOM_GRACE_SECONDS)
-            made = ordered_pcm(pool, chunks, admission, flow, self._config.max_audio_seconds, marks)
-            resources.push_async_callback(made.aclose)
-            pcm = PcmMeter(made)  # the stream's audio seconds, for usage
-            # No engine applies prosody itself yet: every change is an ffmpeg filter.
-            native: frozenset[str] = frozenset()
-            prestarted: Prestarted | None = None
-            if voice.sample_rate is not None:
-                # ffmpeg's start (10-25 ms) overlaps the first chunk's synthesis instead
-                # of adding to the first byte, at the rate the voice declares.
-                expected = plan_encoding(spec, voice.sample_rate, options, native)
-                if expected.via_ffmpeg:
-                    prestarted = self._encoder.prestart(expected)
-                    resources.push_async_callback(prestarted.aclose)
-            with self._failures(voice, "before any audio"):
-                rate, first = await anext(pcm)
-            length: int | None = None
-            encoding = plan_encoding(spec, rate, options, native)
-            content_type = encoding.content_type
-            transcoder: Transcoder | None = None
-            if encoding.via_ffmpeg:
-                with self._failures(voice, f"cannot encode {audio_format}"):
-                    transcoder = await (self._encoder.start_transcoder(encoding)
-                                        if prestarted is None else prestarted.take(encoding))
-                resources.push_async_callback(self._encoder.stop_transcoder, transcoder)
-            if not options.stream:
-                with self._failures(voice, "before the answer"):
-                    header, spool = await self._encoder.complete(
-                        encoding, transcoder, first, pcm, flow, writer, self._config.state_dir)
-                resources.push_async_callback(spool.aclose)
-                length = len(header) + spool.size
-                body: AsyncIterator[bytes | memoryview] = spooled(header, spool)
-                if writer is not None:
-                    # Made durable off the answer's path: the client never waits for fsync.
-                    self._background.spawn(writer.commit())
-            elif transcoder is None:
-                body = self._encoder.direct(encoding, first, pcm, flow, writer)
-            else:
-                body = self._encoder.transcoded(transcoder, encoding, first, pcm, flow, writer)
-            guarded = self._guarded(body, voice, writer)
-            resources.push_async_callback(guarded.aclose)
-            return self._audio(content_type, length, guarded, resources, pcm, marks)
+            return await self._speech(voice, spec, options, pool, admission, chunks, marks,
+                                      writer, resources)
         except BaseException:
             await self._background.finish(resources.aclose())
             raise
+
+    async def _speech(self, voice: Voice, spec: AudioFormat, options: SpeechOptions,
+                      pool: VoicePool, admission: Admission, chunks: Sequence[Chunk] | ChunkFeed,
+                      marks: MarkTrack | None, writer: CacheEntryWriter | None,
+                      resources: contextlib.AsyncExitStack) -> AudioStream:
+        """The AudioStream of chunks on pool, once its first audio exists; resources become its own.
+
+        On failure the caller closes resources.
+        """
+        audio_format = spec.name
+        flow = Flow(self._config.synthesis_timeout_seconds + _ROOM_GRACE_SECONDS)
+        made = ordered_pcm(pool, chunks, admission, flow, self._config.max_audio_seconds, marks)
+        resources.push_async_callback(made.aclose)
+        pcm = PcmMeter(made)  # the stream's audio seconds, for usage
+        # No engine applies prosody itself yet: every change is an ffmpeg filter.
+        native: frozenset[str] = frozenset()
+        prestarted: Prestarted | None = None
+        if voice.sample_rate is not None:
+            # ffmpeg's start (10-25 ms) overlaps the first chunk's synthesis instead
+            # of adding to the first byte, at the rate the voice declares.
+            expected = plan_encoding(spec, voice.sample_rate, options, native)
+            if expected.via_ffmpeg:
+                prestarted = self._encoder.prestart(expected)
+                resources.push_async_callback(prestarted.aclose)
+        with self._failures(voice, "before any audio"):
+            rate, first = await anext(pcm)
+        length: int | None = None
+        encoding = plan_encoding(spec, rate, options, native)
+        content_type = encoding.content_type
+        transcoder: Transcoder | None = None
+        if encoding.via_ffmpeg:
+            with self._failures(voice, f"cannot encode {audio_format}"):
+                transcoder = await (self._encoder.start_transcoder(encoding)
+                                    if prestarted is None else prestarted.take(encoding))
+            resources.push_async_callback(self._encoder.stop_transcoder, transcoder)
+        if not options.stream:
+            with self._failures(voice, "before the answer"):
+                header, spool = await self._encoder.complete(
+                    encoding, transcoder, first, pcm, flow, writer, self._config.state_dir)
+            resources.push_async_callback(spool.aclose)
+            length = len(header) + spool.size
+            body: AsyncIterator[bytes | memoryview] = spooled(header, spool)
+            if writer is not None:
+                # Made durable off the answer's path: the client never waits for fsync.
+                self._background.spawn(writer.commit())
+        elif transcoder is None:
+            body = self._encoder.direct(encoding, first, pcm, flow, writer)
+        else:
+            body = self._encoder.transcoded(transcoder, encoding, first, pcm, flow, writer)
+        guarded = self._guarded(body, voice, writer)
+        resources.push_async_callback(guarded.aclose)
+        return self._audio(content_type, length, guarded, resources, pcm, marks)
+
+    async def open_live(self, voice: Voice, audio_format: str,
+                        options: SpeechOptions = SpeechOptions()) -> LiveSpeech:
+        """A session whose text comes while it plays (plain text; no cache); Busy when full."""
+        spec = _format(audio_format, options)
+        if not self._accepting:
+            raise Busy()
+        resources = contextlib.AsyncExitStack()
+        try:
+            pool = self._pool_for(voice)
+            admission = self._limiter.admit()
+            resources.callback(admission.release)
+            resources.enter_context(pool.use())
+        except BaseException:
+            await self._background.finish(resources.aclose())
+            raise
+        self.requests += 1
+        return LiveSpeech(self, voice, spec, options, pool, admission, resources)
 
     def _audio(self, content_type: str, length: int | None,
                body: AsyncIterator[bytes | memoryview],
@@ -380,6 +404,84 @@ class Synthesizer:
         if writer is not None and not writer.closed:
             # The consumer has the last byte: only now is the entry made durable.
             self._background.spawn(writer.commit())
+
+
+def _format(audio_format: str, options: SpeechOptions) -> AudioFormat:
+    """The format asked for, checked with the asked rate; InvalidRequest if either is refused."""
+    spec = AUDIO_FORMATS.get(audio_format)
+    if spec is None:
+        raise InvalidRequest(
+            f"audio_format: Not a valid choice. Valid choices: {'|'.join(FORMAT_NAMES)}")
+    refused = None if options.sample_rate is None else spec.refused_rate(options.sample_rate)
+    if refused is not None:
+        raise InvalidRequest(f"sample_rate: {refused}")
+    return spec
+
+
+class LiveSpeech:
+    """Speech whose text arrives while it plays: say() adds plain text, end() says no more comes.
+
+    audio() returns the one AudioStream of the whole session once its first
+    audio exists; closing that stream (or this object, before it) stops
+    everything working for the session and releases its place in the limiter.
+    """
+
+    def __init__(self, synth: "Synthesizer", voice: Voice, spec: AudioFormat,
+                 options: SpeechOptions, pool: VoicePool, admission: Admission,
+                 resources: contextlib.AsyncExitStack) -> None:
+        self._synth = synth
+        self.voice = voice
+        self._spec = spec
+        self._options = options
+        self._pool = pool
+        self._admission = admission
+        self._resources = resources
+        self._feed = ChunkFeed(closed=False)
+        self._marks = (MarkTrack(options.marks, "", 1 / options.speed) if options.marks else None)
+        self._said = 0  # characters said so far (where the next text's offsets start)
+
+    @property
+    def ended(self) -> bool:
+        """Whether end() was called."""
+        return self._feed.closed
+
+    async def say(self, text: str) -> int:
+        """Queue plain text (sentences or parts of one) after what was said; its character count.
+
+        Raises InvalidRequest (nothing to say, a chunk that just crashed the voice)
+        or TooLarge (the audio estimate) before anything is queued.
+        """
+        if self._feed.closed:
+            raise InvalidRequest("text: the speech has ended")
+        document = await self._synth._document(text, "text", self.voice.language)
+        fatal = self._pool.fatal_chunk(document.chunks)
+        if fatal is not None:
+            raise InvalidRequest(f"text: the voice's engine failed on {fatal.text[:40]!r} a "
+                                 "moment ago; it is not tried again")
+        if self._marks is not None:
+            self._marks.append_text(text)
+        self._feed.add([chunk.shifted(self._said) for chunk in document.chunks])
+        self._said += len(text)
+        return len(text)
+
+    def end(self) -> None:
+        """No more text: the audio ends after what was said."""
+        self._feed.close()
+
+    async def audio(self) -> AudioStream:
+        """The session's audio, once its first sound exists (waits for text); call once."""
+        try:
+            return await self._synth._speech(self.voice, self._spec, self._options, self._pool,
+                                             self._admission, self._feed, self._marks, None,
+                                             self._resources)
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Stop the session if audio() has not taken it over; idempotent."""
+        self._feed.close()
+        await self._synth._background.finish(self._resources.aclose())
 
 
 async def _file_blocks(handle: BinaryIO) -> AsyncGenerator[bytes, None]:
