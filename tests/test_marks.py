@@ -184,3 +184,21 @@ async def test_text_type_text_reads_markup_as_words(client: TestClient[Any, Any]
                              json={"voice_id": "alba", "text": "Hi", "text_type": "ssml"})
     await assert_error(resp, 422, "text: text_type 'ssml' needs markup: the text must start "
                                   "with <speak>.")
+
+
+async def test_say_as_is_spoken_as_words_and_marked_once(client: TestClient[Any, Any],
+                                                         user_token: str) -> None:
+    """A say-as date becomes words for the engine, and one word mark pointing at the written date."""
+    text = ('<speak xml:lang="en-US">Due <say-as interpret-as="date" format="mdy">'
+            '3/5/2024</say-as> at <say-as interpret-as="cardinal">1,250</say-as>.</speak>')
+    marks = await _marks(client, user_token, text, speech_mark_types=["word"])
+    assert [m["value"] for m in marks] == ["Due", "3/5/2024", "at", "1,250"]
+    plain_rate, said = await _wav(client, user_token, "Due March fifth, twenty twenty-four at "
+                                                      "one thousand two hundred and fifty.")
+    _rate, marked = await _wav(client, user_token, text)
+    # The same words, so about the same length (eSpeak's pauses at element edges differ).
+    assert abs(len(marked) - len(said)) < 0.15 * len(said)
+    resp = await client.post("/speech", headers=bearer(user_token), json={
+        "voice_id": "alba",
+        "text": '<speak><say-as interpret-as="date" format="dmy">31/02/2024</say-as></speak>'})
+    await assert_error(resp, 422, contains="interpret-as 'date'")

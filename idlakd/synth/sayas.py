@@ -123,15 +123,6 @@ def say_as(interpret_as: str, text: str, lang: str = "en", format: str | None = 
     return say(kind, text.strip(), _language(lang), format)
 
 
-def prepare(lang: str) -> None:
-    """Load a language's CLDR date data now (15 ms for the first language, 4 ms for each other)."""
-    language = _language(lang)
-    # babel reads a locale's data file on first use: a voice's language loaded at start
-    # keeps that read off the event loop when its first say-as date arrives.
-    _say_date({"d": 1, "m": 1, "y": 2000}, language)
-    _locale_order(language.locale)
-
-
 def _spell(kind: str, text: str, language: _Language, format: str | None) -> str:
     """Each letter and digit on its own (digits as words); whitespace and control characters dropped."""
     words = [_words(kind, int(c), language.numbers) if c.isdecimal() else c

@@ -216,7 +216,8 @@ class Synthesizer:
         reading = functools.partial(parse, text, self._config.max_break_share,
                                     text_type=text_type, lang=lang)
         try:
-            if len(text) > INLINE_PARSE_CHARS:
+            # say-as may load a language's number and date data on first use (15 ms).
+            if len(text) > INLINE_PARSE_CHARS or "say-as" in text:
                 document = await asyncio.to_thread(reading)
             else:
                 document = reading()
