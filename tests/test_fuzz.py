@@ -496,6 +496,19 @@ async def test_body_with_lying_content_encoding_is_400_json(client: TestClient[A
     assert resp.status == 400
 
 
+async def test_a_broken_compressed_body_does_not_break_the_next_request(
+        client: TestClient[Any, Any]) -> None:
+    """A body that does not decompress, answered unread (401) or refused (400), closes its
+    connection: the keep-alive client's next request used to die with it (aiohttp drains
+    the unread body after the answer, and the decompression error ends that drain)."""
+    broken = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    for method, path in (("POST", "/auth"), ("GET", "/auth/usage"), ("POST", "/speech")):
+        resp = await client.request(method, path, data=io.BytesIO(b"{}"), headers=broken)
+        await check_answer(resp, method)
+        assert resp.headers["Connection"] == "close"
+        assert await _still_serving(client)
+
+
 @pytest.mark.parametrize("field", ["uid", "password"])
 async def test_lone_surrogate_in_a_string_field_is_422(client: TestClient[Any, Any],
                                                        field: str) -> None:

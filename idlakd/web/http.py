@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any, Final, Mapping
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 
 from idlakd.errors import IdlakdError
@@ -125,6 +125,19 @@ def _http_error(request: web.Request, exc: web.HTTPException, page: bool) -> web
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes the door's JSON error (OpenAI's shape on /v1), or a page on /admin."""
+    response = await _answer(request, handler)
+    body = request.content
+    if (not response.prepared and hdrs.CONTENT_ENCODING in request.headers
+            and (not body.is_eof() or body.exception() is not None)):
+        # aiohttp drains an unread (or broken) body after the answer, and a compressed one
+        # that does not decompress ends that drain with an error that drops the connection:
+        # the client is told to close it, so its next request does not die on it.
+        response.force_close()
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer, or the JSON error (or page) its failure maps to."""
     request_id(request)
     try:
         return await handler(request)
