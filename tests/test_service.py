@@ -244,7 +244,11 @@ async def test_client_disconnect_stops_everything_working_for_it(
     working = set(service.busy_pids())
     assert working
     response.close()
-    assert await wait_gone(working, 1.2) == set()
+    left = await wait_gone(working, 1.2)
+    # On a loaded machine a worker may finish its chunk between the snapshot and the hang-up:
+    # it is idle then, and rightly kept warm. Every worker still mid-chunk is stopped.
+    assert working - left, "no worker of the stream was stopped"
+    assert left <= set(service.worker_pids()) - set(service.busy_pids())
     for _ in range(50):  # the bookkeeping follows the processes promptly
         if not service.busy_pids() and service.stats().disconnects:
             break
