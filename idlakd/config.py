@@ -92,6 +92,18 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("quota_concurrent", "int", "8",
             "Default most syntheses (speech requests) one user may run at once (429 above); "
             "0: no limit."),
+    Setting("job_concurrency", "int", "1",
+            "Jobs (POST /v1/jobs) this daemon synthesises at once, in the background: at most "
+            "this many of their chunks at once, only while no interactive chunk runs or waits."),
+    Setting("job_max_text_length", "int", "2000000",
+            "Largest text accepted by POST /v1/jobs, in characters (413 above)."),
+    Setting("jobs_per_user", "int", "4",
+            "Most queued or running jobs one user may have (429 above); 0: no limit."),
+    Setting("job_max_result_bytes_per_user", "int", "1073741824",
+            "Most bytes of job audio one user may keep stored; a new job is refused (429) "
+            "while they hold this much; 0: no limit."),
+    Setting("job_retention_hours", "float", "168",
+            "Hours a finished, failed or cancelled job and its audio are kept before deletion."),
     Setting("max_api_keys_per_user", "int", "100", "Most API keys one user may hold."),
     Setting("openai_models", "str", "tts-1,tts-1-hd,gpt-4o-mini-tts",
             "Model names /v1/audio/speech accepts (comma-separated); every one speaks with the "
@@ -197,6 +209,11 @@ class Config:
     quota_chars_per_minute: int
     quota_chars_per_day: int
     quota_concurrent: int
+    job_concurrency: int
+    job_max_text_length: int
+    jobs_per_user: int
+    job_max_result_bytes_per_user: int
+    job_retention_hours: float
     max_api_keys_per_user: int
     openai_models: str
     openai_voices: str
@@ -286,12 +303,14 @@ def load_config(
     for name in ("token_expiration_minutes", "workers_per_voice", "max_concurrent_syntheses",
                  "max_body_bytes", "max_text_length", "login_max_failures",
                  "login_max_failures_per_address", "login_window_seconds", "max_connections",
-                 "login_max_pending", "login_max_attempts_per_address"):
+                 "login_max_pending", "login_max_attempts_per_address", "job_concurrency",
+                 "job_max_text_length"):
         if values[name] < 1:
             raise ConfigError(f"setting '{name}': {raw[name]!r} must be at least 1")
     if not 4 <= values["bcrypt_rounds"] <= 31:
         raise ConfigError(f"setting 'bcrypt_rounds': {raw['bcrypt_rounds']!r} must be 4 to 31")
-    for name in ("max_audio_seconds", "header_timeout_seconds", "body_timeout_seconds"):
+    for name in ("max_audio_seconds", "header_timeout_seconds", "body_timeout_seconds",
+                 "job_retention_hours"):
         if values[name] <= 0:
             raise ConfigError(f"setting '{name}': must be more than 0")
     if values["max_break_share"] > 1:

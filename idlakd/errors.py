@@ -38,6 +38,18 @@ class NotFound(IdlakdError):
     """The thing asked for does not exist."""
 
 
+class Conflict(IdlakdError):
+    """The thing is not in a state that allows this now (a job's audio before it is done)."""
+
+
+class RangeNotSatisfiable(IdlakdError):
+    """A byte range outside what is there; size is the whole length."""
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
 class TooLarge(IdlakdError):
     """A body, a text or the audio it would make is over its configured limit."""
 

@@ -103,3 +103,36 @@ class SynthesisCharge:
     characters: int
     daemon: str
     started_at: float
+    #: Whether the characters count in the minute's window too (a job's do not: it is spoken
+    #: over hours, and must not use up its user's interactive allowance for the minute).
+    per_minute: bool = True
+
+
+#: A job's states: waiting, being synthesised, and the three ends.
+JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+#: The states a job is still working toward its audio in.
+JOB_ACTIVE = ("queued", "running")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A long text synthesised in the background, its progress and where its result stands."""
+
+    id: str
+    uid: str
+    voice_id: str
+    audio_format: str
+    #: sample_rate (the PCM rate of its groups and result), speed, pitch, volume, text_type.
+    options: dict[str, Any]
+    characters_total: int
+    status: str = "queued"
+    characters_done: int = 0
+    audio_seconds: float = 0.0
+    error: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    #: How many groups are synthesised and stored (the next one's index).
+    next_group: int = 0
+    #: Bytes of the finished result (0 until done).
+    result_bytes: int = 0

@@ -171,6 +171,19 @@ class Quotas:
         a limit allows in a whole window. The caller must finish() the charge.
         """
         limits, _ = await self.limits(uid)
+        return await self._admit(uid, characters, limits)
+
+    async def admit_job(self, uid: str, characters: int) -> SynthesisCharge:
+        """Like admit, for a job's text: it counts for the day only, and only the per-day limit
+        applies (a job is spoken over hours, not at once: it neither uses up the minute's
+        characters nor counts as a synthesis at once). finish() it at once."""
+        limits, _ = await self.limits(uid)
+        return await self._admit(uid, characters, Limits(0, limits.chars_per_day, 0),
+                                 per_minute=False)
+
+    async def _admit(self, uid: str, characters: int, limits: Limits,
+                     per_minute: bool = True) -> SynthesisCharge:
+        """Check characters against limits and count them, in one transaction."""
         for limit, window in ((limits.chars_per_minute, "minute"), (limits.chars_per_day, "day")):
             if limit and characters > limit:
                 raise TooLarge(f"Quota exceeded: {limit} characters per {window}, and this text "
@@ -178,7 +191,7 @@ class Quotas:
         now = time.time()
         charge = SynthesisCharge(id=secrets.token_hex(12), uid=uid, day=utc_day(now),
                                  minute=int(now // 60), characters=characters,
-                                 daemon=self.daemon, started_at=now)
+                                 daemon=self.daemon, started_at=now, per_minute=per_minute)
         refusal = await self._store.charge(charge, now - self._stale_seconds,
                                            functools.partial(_refusal, limits, characters, now))
         if refusal is not None:
@@ -196,6 +209,11 @@ class Quotas:
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
         await asyncio.shield(task)
+
+    async def add_audio(self, uid: str, audio_seconds: float) -> None:
+        """Count seconds of audio made for uid today (a job's, when it is done)."""
+        if audio_seconds > 0:
+            await self._store.add_audio_seconds(uid, utc_day(time.time()), audio_seconds)
 
     async def _finish(self, charge: SynthesisCharge, audio_seconds: float, served: bool) -> None:
         """Write the end of a charged synthesis."""

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 
 from idlakd.errors import DatabaseBusy, DatabaseUnwritable, StoreError
 from idlakd.models import ApiKey, Limits, SynthesisCharge, Usage, User, Voice
+from idlakd.store.jobs import JOBS_MIGRATION, JobTables, delete_jobs_of
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         removed_at REAL NOT NULL
     );
     """,
+    # Jobs for long texts, and their audio in parts (idlakd.store.jobs).
+    JOBS_MIGRATION,
 )
 
 _KEY_COLUMNS: Final = "k.id, k.uid, k.name, k.prefix, k.created_at, k.last_used_at, k.expires_at"
@@ -224,7 +227,7 @@ async def _read_usage(db: aiosqlite.Connection, uid: str, day: str, minute: int,
                  audio_seconds=row[2] or 0.0, minute_characters=row[3] or 0, running=row[4])
 
 
-class Store:
+class Store(JobTables):
     """The daemon's (and the CLI's) only door to the database file."""
 
     def __init__(self, path: Path) -> None:
@@ -474,6 +477,7 @@ class Store:
             # A later user of the same uid starts with the defaults and no usage.
             for table in ("user_limits", "usage_days", "usage_minutes"):
                 await db.execute(f"DELETE FROM {table} WHERE uid = ?", (uid,))
+            await delete_jobs_of(db, uid)
         return "ok"
 
     async def set_admin(self, uid: str, admin: bool | None) -> tuple[str, bool]:
@@ -767,11 +771,12 @@ class Store:
                 "ON CONFLICT (uid, day) DO UPDATE SET requests = requests + 1, "
                 "characters = characters + excluded.characters",
                 (charge.uid, charge.day, charge.characters))
-            await db.execute(
-                "INSERT INTO usage_minutes (uid, minute, characters) VALUES (?, ?, ?) "
-                "ON CONFLICT (uid, minute) DO UPDATE SET "
-                "characters = characters + excluded.characters",
-                (charge.uid, charge.minute, charge.characters))
+            if charge.per_minute:
+                await db.execute(
+                    "INSERT INTO usage_minutes (uid, minute, characters) VALUES (?, ?, ?) "
+                    "ON CONFLICT (uid, minute) DO UPDATE SET "
+                    "characters = characters + excluded.characters",
+                    (charge.uid, charge.minute, charge.characters))
             await db.execute("DELETE FROM usage_minutes WHERE minute < ?", (charge.minute - 1,))
             await db.execute(
                 "INSERT INTO running_syntheses (id, uid, daemon, started_at) VALUES (?, ?, ?, ?)",
@@ -788,13 +793,24 @@ class Store:
                     "UPDATE usage_days SET requests = MAX(0, requests - 1), "
                     "characters = MAX(0, characters - ?) WHERE uid = ? AND day = ?",
                     (charge.characters, charge.uid, charge.day))
-                await db.execute(
-                    "UPDATE usage_minutes SET characters = MAX(0, characters - ?) "
-                    "WHERE uid = ? AND minute = ?", (charge.characters, charge.uid, charge.minute))
+                if charge.per_minute:
+                    await db.execute(
+                        "UPDATE usage_minutes SET characters = MAX(0, characters - ?) "
+                        "WHERE uid = ? AND minute = ?",
+                        (charge.characters, charge.uid, charge.minute))
             elif audio_seconds > 0:
                 await db.execute(
                     "UPDATE usage_days SET audio_seconds = audio_seconds + ? "
                     "WHERE uid = ? AND day = ?", (audio_seconds, charge.uid, charge.day))
+
+    async def add_audio_seconds(self, uid: str, day: str, audio_seconds: float) -> None:
+        """Add seconds of audio made for a user on day (a job's, counted when it is done)."""
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO usage_days (uid, day, audio_seconds) VALUES (?, ?, ?) "
+                "ON CONFLICT (uid, day) DO UPDATE SET "
+                "audio_seconds = audio_seconds + excluded.audio_seconds",
+                (uid, day, audio_seconds))
 
     async def forget_running(self, daemon: str) -> int:
         """Drop the running syntheses a daemon of this name left behind (it stopped or crashed)."""

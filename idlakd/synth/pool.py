@@ -152,7 +152,15 @@ class VoicePool:
 
         Returns the sample rate once the chunk is complete; raises SynthesisError.
         """
-        async with self._capacity, self._limiter.slot(admission) as lease:
+        # A background chunk (a job's) takes its slot before a worker of the voice: waiting
+        # for a slot, it must not hold a worker an interactive request of the voice could use.
+        background = admission is not None and admission.background
+        async with contextlib.AsyncExitStack() as held:
+            if not background:
+                await held.enter_async_context(self._capacity)
+            lease = await held.enter_async_context(self._limiter.slot(admission))
+            if background:
+                await held.enter_async_context(self._capacity)
             if on_slot is not None:
                 on_slot(lease)
             worker, fresh = await self._checkout()

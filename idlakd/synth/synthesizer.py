@@ -54,7 +54,8 @@ class Synthesizer:
 
     def __init__(self, config: Config) -> None:
         self._config = config
-        self._limiter = SynthesisLimiter(config.max_concurrent_syntheses, config.max_queue)
+        self._limiter = SynthesisLimiter(config.max_concurrent_syntheses, config.max_queue,
+                                         config.job_concurrency)
         self._background = BackgroundTasks()
         self._pools: dict[str, VoicePool] = {}
         self._retired: set[VoicePool] = set()
@@ -244,8 +245,12 @@ class Synthesizer:
         self.disconnects += 1
 
     async def synthesise(self, voice: Voice, text: str, audio_format: str,
-                         options: SpeechOptions = SpeechOptions()) -> AudioStream:
+                         options: SpeechOptions = SpeechOptions(),
+                         background: bool = False) -> AudioStream:
         """The audio of text in voice and format: returned once the answer can start.
+
+        background (a job's text): its chunks yield to interactive ones under the limiter,
+        and it is never cached.
 
         Raises before any byte: InvalidRequest (format, rate, text), TooLarge (audio
         estimate, or more audio than max_audio_seconds before the first byte),
@@ -263,7 +268,8 @@ class Synthesizer:
         # has no marks: a request for marks is always synthesised.
         cacheable = not spec.rate_in_content_type or options.sample_rate is not None
         key = (cache_key(voice.id, voice.version, audio_format, text, options)
-               if self._cache.enabled and cacheable and not options.marks else None)
+               if self._cache.enabled and cacheable and not options.marks and not background
+               else None)
         marks = (MarkTrack(options.marks, text, 1 / options.speed) if options.marks else None)
         resources = contextlib.AsyncExitStack()
         try:
@@ -286,7 +292,7 @@ class Synthesizer:
                 log.warning("Refused a chunk of voice %s that recently stopped a worker", voice.id)
                 raise InvalidRequest(f"text: the voice's engine failed on {fatal.text[:40]!r} a "
                                      "moment ago; it is not tried again")
-            admission = self._limiter.admit()
+            admission = self._limiter.admit(background)
             resources.callback(admission.release)
             resources.enter_context(pool.use())
             writer: CacheEntryWriter | None = None

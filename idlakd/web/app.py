@@ -21,13 +21,14 @@ from idlakd.config import Config
 from idlakd.web.connections import body_deadline_middleware
 from idlakd.errors import StoreError
 from idlakd.web.http import error_middleware, on_response_prepare
-from idlakd.web.keys import (config_key, passwords_key, quotas_key, runtime_key, secret_key,
-                             store_key, synth_key, throttle_key)
+from idlakd.web.keys import (config_key, jobs_key, passwords_key, quotas_key, runtime_key,
+                             secret_key, store_key, synth_key, throttle_key)
 from idlakd.web.ops.metrics import metrics_middleware, setup_metrics
 from idlakd.web.proxies import TrustedProxies, client_address_middleware
 from idlakd.web.routes import setup_routes
 from idlakd.web.runtime import Runtime
 from idlakd.store.sqlite import Store
+from idlakd.synth.jobs import JobRunner
 from idlakd.synth.synthesizer import Synthesizer
 from idlakd.accounts.throttle import LoginThrottle
 from idlakd.voices.definitions import load_voice_config
@@ -111,6 +112,18 @@ async def synth_ctx(app: web.Application) -> AsyncIterator[None]:
         await service.close()
 
 
+async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run jobs once storage and the synthesizer are up; stop them before the synthesizer."""
+    quotas = app[quotas_key]
+    runner = app[jobs_key] = JobRunner(app[store_key], app[synth_key], quotas,
+                                       app[config_key], quotas.daemon)
+    await runner.start()
+    try:
+        yield
+    finally:
+        await runner.close()
+
+
 async def mark_stopping(app: web.Application) -> None:
     """on_shutdown: new /speech requests get 503 while running streams finish."""
     app[runtime_key].stopping = True
@@ -148,4 +161,5 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(passwords_ctx)
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(synth_ctx)
+    app.cleanup_ctx.append(jobs_ctx)
     return app

@@ -62,8 +62,12 @@ class SpeechRequest:
         return self.options.stream
 
 
-async def read_speech_request(request: web.Request) -> SpeechRequest:
-    """The JSON body (voice_id, text and the optional fields of docs/api.md) checked, the voice looked up."""
+async def read_speech_request(request: web.Request,
+                              text_limit: int | None = None) -> SpeechRequest:
+    """The JSON body (voice_id, text and the optional fields of docs/api.md) checked, the voice looked up.
+
+    text_limit: the most characters of text (default max_text_length; jobs take more).
+    """
     if request.app[runtime_key].stopping:
         # Running streams finish during the grace period; new ones go to another instance.
         raise Busy(SHUTTING_DOWN, retry_after=5)
@@ -89,7 +93,7 @@ async def read_speech_request(request: web.Request) -> SpeechRequest:
         raise MalformedRequest(VOICE_NOT_FOUND)
     if not text.strip():
         raise InvalidRequest("text: Must not be empty or blank.")
-    limit = request.app[config_key].max_text_length
+    limit = request.app[config_key].max_text_length if text_limit is None else text_limit
     if len(text) > limit:
         raise TooLarge(f"text: Longer than the limit of {limit} characters.")
     return SpeechRequest(voice, text, audio_format, options)

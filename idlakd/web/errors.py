@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from idlakd.errors import (Busy, Failed, IdlakdError, InvalidRequest, MalformedRequest,
-                           NotAuthenticated, NotFound, NotPermitted, RateLimited, TooLarge)
+from idlakd.errors import (Busy, Conflict, Failed, IdlakdError, InvalidRequest, MalformedRequest,
+                           NotAuthenticated, NotFound, NotPermitted, RangeNotSatisfiable,
+                           RateLimited, TooLarge)
 
 #: Most specific classes first is not needed: the first base in the class's MRO that is listed wins.
 STATUS: Final[dict[type[IdlakdError], int]] = {
@@ -14,7 +15,9 @@ STATUS: Final[dict[type[IdlakdError], int]] = {
     NotAuthenticated: 401,
     NotPermitted: 403,
     NotFound: 404,
+    Conflict: 409,
     TooLarge: 413,
+    RangeNotSatisfiable: 416,
     InvalidRequest: 422,
     RateLimited: 429,
     Failed: 500,
@@ -38,6 +41,8 @@ def headers_of(exc: IdlakdError) -> dict[str, str]:
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, RangeNotSatisfiable):
+        headers["Content-Range"] = f"bytes */{exc.size}"
     return headers
 
 

@@ -20,6 +20,7 @@ from idlakd.config import Config
 from idlakd.errors import NotAuthenticated
 from idlakd.models import User
 from idlakd.store.sqlite import Store
+from idlakd.synth.jobs import JobRunner
 from idlakd.synth.synthesizer import Synthesizer
 from idlakd.web.access import Access
 from idlakd.web.admin.flashes import Flashes
@@ -36,6 +37,7 @@ passwords_key: Final = web.AppKey("passwords", Passwords)
 throttle_key: Final = web.AppKey("throttle", LoginThrottle)
 quotas_key: Final = web.AppKey("quotas", Quotas)
 synth_key: Final = web.AppKey("synth", Synthesizer)
+jobs_key: Final = web.AppKey("jobs", JobRunner)
 runtime_key: Final = web.AppKey("runtime", Runtime)
 metrics_key: Final = web.AppKey["Metrics"]("metrics")
 admin_flashes_key: Final = web.AppKey("admin_flashes", Flashes)

@@ -10,6 +10,7 @@ from aiohttp.web_urldispatcher import AbstractRoute
 from idlakd.web.access import Access, Route
 from idlakd.web.admin import views as admin
 from idlakd.web.api import auth, keys, marks, speech, usage, users, v1_lists, v1_speech, voices
+from idlakd.web.api import v1_jobs
 from idlakd.web.keys import access_key
 from idlakd.web.ops import health, index, metrics, openapi
 
@@ -43,6 +44,11 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("POST",   "/v1/audio/speech",           v1_speech.create_speech, "user"),
     Route("GET",    "/v1/audio/voices",           v1_lists.list_voices,    "user"),
     Route("GET",    "/v1/models",                 v1_lists.list_models,    "user"),
+    Route("POST",   "/v1/jobs",                   v1_jobs.create_job,      "user"),
+    Route("GET",    "/v1/jobs",                   v1_jobs.list_jobs,       "user"),
+    Route("GET",    "/v1/jobs/{job_id}",          v1_jobs.get_job,         "user"),
+    Route("DELETE", "/v1/jobs/{job_id}",          v1_jobs.delete_job,      "user"),
+    Route("GET",    "/v1/jobs/{job_id}/audio",    v1_jobs.job_audio,       "user"),
     Route("GET",    "/",                          index.index,             "public"),
     Route("GET",    "/healthz",                   health.healthz,          "public"),
     Route("GET",    "/readyz",                    health.readyz,           "public"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any, Final, Sequence
@@ -19,6 +20,8 @@ NOT_NUMBER: Final = "Not a valid number."
 INVALID_JSON: Final = "Request body is not valid JSON"
 NOT_OBJECT: Final = "Request body must be a JSON object"
 MAX_FIELD_LENGTH: Final = 1024
+# Bodies larger than this are parsed on a thread (a job's text may be megabytes).
+INLINE_JSON_BYTES: Final = 256 * 1024
 
 
 async def json_object(request: web.Request, optional: bool = False) -> dict[str, Any]:
@@ -32,7 +35,8 @@ async def json_object(request: web.Request, optional: bool = False) -> dict[str,
             return {}
         raise InvalidRequest(NOT_OBJECT)
     try:
-        body = json.loads(raw)
+        body = json.loads(raw) if len(raw) <= INLINE_JSON_BYTES else \
+            await asyncio.to_thread(json.loads, raw)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise MalformedRequest(INVALID_JSON) from None
     if not isinstance(body, dict):

@@ -22,6 +22,7 @@ from idlakd.accounts.uids import UID_RULE
 from idlakd.accounts.users import NO_SUCH_USER as UNKNOWN_USER
 from idlakd.accounts.users import ONLY_ADMIN, USER_EXISTS
 from idlakd.errors import Busy, DatabaseUnwritable
+from idlakd.models import JOB_STATUSES
 from idlakd.synth.formats import AUDIO_FORMATS, FORMAT_NAMES, OPUS_RATES
 from idlakd.synth.options import (MARK_TYPES, PITCH_RANGE, SAMPLE_RATE_RANGE, SPEED_RANGE,
                                   TEXT_TYPES, VOLUME_RANGE)
@@ -316,6 +317,81 @@ def _v1_paths() -> dict[str, Any]:
     }
 
 
+def _job_paths() -> dict[str, Any]:
+    """Jobs for long text: /v1/jobs (OpenAI's error shape, like the rest of /v1/)."""
+    job_id = [{"name": "job_id", "in": "path", "required": True, "schema": STR}]
+    job = _obj({
+        "id": STR, "object": {"type": "string", "const": "job"},
+        "status": {"type": "string", "enum": list(JOB_STATUSES)}, "uid": STR, "voice_id": STR,
+        "audio_format": {"type": "string", "enum": list(FORMAT_NAMES)},
+        "sample_rate": {"type": "integer"},
+        "progress": _obj({"characters_done": {"type": "integer"},
+                          "characters_total": {"type": "integer"},
+                          "audio_seconds": {"type": "number"}},
+                         ["characters_done", "characters_total", "audio_seconds"]),
+        "created_at": TIME, "started_at": TIME_OR_NULL, "finished_at": TIME_OR_NULL,
+        "error": {"type": ["string", "null"]}, "result_bytes": {"type": ["integer", "null"]},
+        "status_url": STR, "audio_url": STR,
+    }, ["id", "status", "progress", "created_at", "status_url"])
+    not_found = _openai_error("No such job of the caller's (another user's job is not found)")
+    audio = {_media_type(fmt): {"schema": {"type": "string", "format": "binary"}}
+             for fmt in FORMAT_NAMES}
+    return {
+        "/v1/jobs": {
+            "post": _v1_op(
+                "Queue a long text for synthesis in the background",
+                description=("The fields of POST /speech (stream is ignored), text up to "
+                             "job_max_text_length characters. The characters count toward the "
+                             "caller's daily quota when the job is accepted."),
+                body=_body(_obj({"voice_id": STR, "text": STR,
+                                 "audio_format": {"type": "string", "enum": list(FORMAT_NAMES),
+                                                  "default": "wav"},
+                                 **_speech_shape()}, ["voice_id", "text"])),
+                responses={
+                    "202": _ok("Queued; Location names the job",
+                               _obj({"id": STR, "status_url": STR}, ["id", "status_url"])),
+                    "400": _openai_error("Bad JSON, or unknown voice"),
+                    "408": _openai_error("Body not received within body_timeout_seconds"),
+                    "413": _openai_error("Text over job_max_text_length (markup: over "
+                                         "max_text_length), or the text alone over the daily "
+                                         "quota"),
+                    "422": _openai_error("Bad field, or blank text"),
+                    "429": _openai_error("Over jobs_per_user, job_max_result_bytes_per_user or "
+                                         "the daily quota (Retry-After)"),
+                    "503": _openai_error("Shutting down, or the database is busy (Retry-After)"),
+                }),
+            "get": _v1_op(
+                "One's own jobs, newest first (admins: everyone's, or ?uid=)",
+                params=[{"name": "uid", "in": "query", "required": False, "schema": STR}],
+                responses={"200": _ok("Jobs", _obj({"object": {"type": "string",
+                                                              "const": "list"},
+                                                    "data": {"type": "array", "items": job}},
+                                                   ["object", "data"]))}),
+        },
+        "/v1/jobs/{job_id}": {
+            "get": _v1_op("A job: status, progress, times, error", params=job_id,
+                          responses={"200": _ok("The job", job), "404": not_found}),
+            "delete": _v1_op(
+                "Cancel a queued or running job, or delete an ended one and its audio",
+                params=job_id,
+                responses={"200": _ok("Cancelled: the job", job),
+                           "204": {"description": "Deleted"}, "404": not_found,
+                           "503": _openai_error("The database is busy (Retry-After)")}),
+        },
+        "/v1/jobs/{job_id}/audio": {"get": _v1_op(
+            "A done job's audio, with Content-Length and Range requests",
+            params=[*job_id, {"name": "Range", "in": "header", "required": False,
+                              "schema": STR}],
+            responses={"200": {"description": "The whole file", "content": audio},
+                       "206": {"description": "The asked bytes (Content-Range)",
+                               "content": audio},
+                       "404": not_found,
+                       "409": _openai_error("The job is not done"),
+                       "416": _openai_error("The range starts past the end (Content-Range: "
+                                            "bytes */<size>)")})},
+    }
+
+
 def build_spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the whole HTTP API (api-contract.md, plus operations routes)."""
     voices_found = _ok("Matching voices", _obj({"voices": {"type": "array", "items": REF_VOICE}}, ["voices"]))
@@ -509,6 +585,7 @@ def build_spec() -> dict[str, Any]:
                 **_TIMING_ERRORS,
             })},
         **_v1_paths(),
+        **_job_paths(),
         "/": {"get": _op(
             "Where to go: browsers to the admin page, API clients a JSON index", tag="operations",
             responses={
