@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import aiohttp
 
-from bench_speech import STANDIN_ID, VOICE_ID, make_standin_voice, server, speak, text_of
+from bench_speech import (STANDIN_ID, VOICE_ID, make_standin_voice, run_header, server, speak,
+                          text_of)
 
 FORMATS = ("wav", "pcm", "mulaw", "alaw", "opus", "webm", "flac", "aac", "ogg", "mp3")
 TEXTS = {"1 sentence": text_of(1), "20 sentences": text_of(20)}
@@ -58,11 +56,7 @@ async def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--voice", choices=(VOICE_ID, STANDIN_ID), default=VOICE_ID)
     args = parser.parse_args()
-    with open("/proc/loadavg", encoding="ascii") as fh:
-        load = " ".join(fh.read().split()[:3])
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
-          f"Python {platform.python_version()}, load average at start {load}")
-    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(run_header())
     with tempfile.TemporaryDirectory(prefix="idlakd-bench-voice-") as voice_dir:
         make_standin_voice(Path(voice_dir), 0.1)  # the server's voice list includes it
         async with server(Path(voice_dir)) as (base, _pid):

@@ -16,25 +16,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import random
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import aiohttp
 
-from bench_speech import VOICE_ID, make_standin_voice, server, speak, text_of
+from bench_speech import VOICE_ID, make_standin_voice, run_header, server, speak, text_of
+from load import percentile
 
 ROUNDS = 4
-
-
-def percentile(values: list[float], share: float) -> float:
-    """The value below which share of values lie (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
 
 
 async def first_bytes(session: aiohttp.ClientSession, base: str, count: int) -> list[float]:
@@ -90,11 +82,7 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--job-characters", type=int, default=300_000)
     args = parser.parse_args()
-    with open("/proc/loadavg", encoding="ascii") as fh:
-        load = " ".join(fh.read().split()[:3])
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
-          f"Python {platform.python_version()}, load average at start {load}")
-    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(run_header())
     with tempfile.TemporaryDirectory(prefix="idlakd-bench-voice-") as voice_dir:
         make_standin_voice(Path(voice_dir), 0.1)  # the server's voice list includes it
         async with server(Path(voice_dir)) as (base, _pid):
@@ -104,8 +92,8 @@ async def main() -> None:
     print("|---|---|---|---|")
     for name, values in (("no job", idle), ("a job running", busy)):
         print(f"| {name} | {statistics.median(values) * 1000:.1f} ms | "
-              f"{percentile(values, 0.9) * 1000:.1f} ms | {percentile(values, 0.99) * 1000:.1f} ms |")
-    print(f"\np99 with a job / p99 without: {percentile(busy, 0.99) / percentile(idle, 0.99):.2f}"
+              f"{percentile(values, 90) * 1000:.1f} ms | {percentile(values, 99) * 1000:.1f} ms |")
+    print(f"\np99 with a job / p99 without: {percentile(busy, 99) / percentile(idle, 99):.2f}"
           " (bound: 1.5)")
 
 

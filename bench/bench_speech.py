@@ -92,6 +92,15 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def run_header() -> str:
+    """The machine, its load and the command: the first lines of every benchmark's output."""
+    with open("/proc/loadavg", encoding="ascii") as fh:
+        load = " ".join(fh.read().split()[:3])
+    return (f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
+            f"Python {platform.python_version()}, load average at start {load}\n"
+            f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+
+
 def make_standin_voice(directory: Path, delay: float) -> None:
     """A stand-in Idlak voice directory with simulated work per sentence."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -240,11 +249,7 @@ async def main() -> None:
     def say(line: str = "") -> None:
         print(line, file=report)
 
-    with open("/proc/loadavg", encoding="ascii") as fh:
-        load = fh.read().split()[:3]
-    say(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
-        f"Python {platform.python_version()}, load average at start {' '.join(load)}")
-    say(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    say(run_header())
     with tempfile.TemporaryDirectory(prefix="idlakd-bench-voice-") as voice_dir:
         standin_dir = Path(voice_dir)
         make_standin_voice(standin_dir, args.standin_delay)
