@@ -121,6 +121,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("worker_idle_seconds", "int", "600", "An idle worker is stopped after this many seconds."),
     Setting("synthesis_timeout_seconds", "float", "60",
             "A worker silent this long on one chunk is killed and the request fails."),
+    Setting("stream_idle_seconds", "float", "20",
+            "/v1/speech/stream: a socket with no message from its client for this long, and "
+            "no audio left to send, is closed (1008)."),
+    Setting("max_buffer_delay_ms", "int", "400",
+            "/v1/speech/stream: text without a sentence end is spoken once no more has come "
+            "for this many milliseconds."),
     Setting("ffmpeg", "path", "",
             "ffmpeg binary (every format but wav and pcm at the voice's rate, and prosody). Empty: "
             "the one from the imageio-ffmpeg wheel."),
@@ -222,6 +228,8 @@ class Config:
     max_queue: int
     worker_idle_seconds: int
     synthesis_timeout_seconds: float
+    stream_idle_seconds: float
+    max_buffer_delay_ms: int
     ffmpeg: Path | None
     idlak_root: Path | None
     voice_roots: str
@@ -304,13 +312,14 @@ def load_config(
                  "max_body_bytes", "max_text_length", "login_max_failures",
                  "login_max_failures_per_address", "login_window_seconds", "max_connections",
                  "login_max_pending", "login_max_attempts_per_address", "job_concurrency",
-                 "job_max_text_length"):
+                 "job_max_text_length", "max_buffer_delay_ms"):
         if values[name] < 1:
             raise ConfigError(f"setting '{name}': {raw[name]!r} must be at least 1")
     if not 4 <= values["bcrypt_rounds"] <= 31:
         raise ConfigError(f"setting 'bcrypt_rounds': {raw['bcrypt_rounds']!r} must be 4 to 31")
     for name in ("max_audio_seconds", "header_timeout_seconds", "body_timeout_seconds",
-                 "job_retention_hours"):
+                 "job_retention_hours",
+                 "stream_idle_seconds"):
         if values[name] <= 0:
             raise ConfigError(f"setting '{name}': must be more than 0")
     if values["max_break_share"] > 1:

@@ -88,6 +88,117 @@
     return blob.size;
   }
 
+  // "Speak as I type": typed text goes to /admin/speech/stream as deltas (the session cookie
+  // authenticates it); the PCM frames that come back are played in order with Web Audio.
+  var live = document.getElementById("tryit-live");
+  var textArea = form.elements.text;
+  var socket = null;   // the open text socket
+  var sent = "";       // what the socket has been sent of the text box
+  var context = null;  // the AudioContext (made on the checkbox's click: autoplay rules)
+  var rate = 0;        // PCM sample rate, from "started"
+  var playAt = 0;      // when the next frame starts, in the context's time
+  var playing = [];    // scheduled sources (stopped when the text is edited, not appended)
+  var odd = null;      // a frame's last byte when it split a sample
+  var heard = 0;       // seconds of audio received
+
+  function stopPlaying() {
+    playing.forEach(function (node) { node.stop(); });
+    playing = [];
+    playAt = 0;
+  }
+
+  function playPcm(data) {
+    var bytes = new Uint8Array(data);
+    if (odd !== null) {
+      var joined = new Uint8Array(bytes.length + 1);
+      joined[0] = odd;
+      joined.set(bytes, 1);
+      bytes = joined;
+    }
+    odd = bytes.length % 2 ? bytes[bytes.length - 1] : null;
+    var samples = new Int16Array(bytes.buffer, bytes.byteOffset, Math.floor(bytes.length / 2));
+    if (!samples.length) return;
+    var buffer = context.createBuffer(1, samples.length, rate);
+    var channel = buffer.getChannelData(0);
+    for (var i = 0; i < samples.length; i++) channel[i] = samples[i] / 32768;
+    var node = context.createBufferSource();
+    node.buffer = buffer;
+    node.connect(context.destination);
+    playAt = Math.max(playAt, context.currentTime);
+    node.start(playAt);
+    playAt += buffer.duration;
+    playing.push(node);
+    node.addEventListener("ended", function () { playing.splice(playing.indexOf(node), 1); });
+    heard += buffer.duration;
+    say("Speaking as you type: " + heard.toFixed(1) + " s of audio received.");
+  }
+
+  function sendTyped() {
+    if (!socket || socket.readyState !== WebSocket.OPEN || !rate) return;
+    var text = textArea.value;
+    if (text.startsWith(sent)) {
+      if (text.length > sent.length) {
+        socket.send(JSON.stringify({ type: "text", text: text.slice(sent.length) }));
+      }
+    } else {
+      // An edit before the end: barge in, and say the text as it now reads.
+      stopPlaying();
+      socket.send(JSON.stringify({ type: "clear" }));
+      if (text) socket.send(JSON.stringify({ type: "text", text: text }));
+    }
+    sent = text;
+  }
+
+  function openLive() {
+    var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    var opened = new WebSocket(scheme + location.host + "/admin/speech/stream");
+    opened.binaryType = "arraybuffer";
+    socket = opened;
+    rate = 0;
+    opened.addEventListener("open", function () {
+      opened.send(JSON.stringify({ type: "start", voice_id: form.elements.voice_id.value,
+                                   audio_format: "pcm" }));
+    });
+    opened.addEventListener("message", function (event) {
+      if (typeof event.data !== "string") {
+        playPcm(event.data);
+        return;
+      }
+      var message = JSON.parse(event.data);
+      if (message.type === "started") {
+        rate = message.sample_rate;
+        say("Listening: type, and each sentence is spoken once written.");
+        sendTyped();
+      } else if (message.type === "error") {
+        say("Refused: " + message.message);
+      }
+    });
+    opened.addEventListener("close", function () {
+      if (socket === opened) socket = null;  // (idle): the next keystroke opens another
+    });
+  }
+
+  if (live) {
+    live.addEventListener("change", function () {
+      if (live.checked) {
+        context = context || new AudioContext();
+        sent = textArea.value;  // speak what is typed from now on
+        heard = 0;
+        openLive();
+      } else {
+        if (socket) socket.close();
+        socket = null;
+        stopPlaying();
+        say("");
+      }
+    });
+    textArea.addEventListener("input", function () {
+      if (!live.checked) return;
+      if (socket) sendTyped();
+      else openLive();
+    });
+  }
+
   form.addEventListener("submit", async function (event) {
     event.preventDefault();
     if (current) current.abort();

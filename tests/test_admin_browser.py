@@ -449,3 +449,30 @@ def test_usage_and_limits_on_the_users_page(page: Any, server: Server) -> None:
     usage.get_by_role("button", name="Save limits (user erin)").click()
     assert server.api("GET", "/users/erin/limits", token=admin)[1]["overrides"]["chars_per_day"] is None
     assert created["uid"] == "erin"
+
+
+def test_speak_as_i_type(page: Any, server: Server) -> None:
+    """The try-it box's live mode: typed text goes over /admin/speech/stream, audio comes back."""
+    sign_in(page, server)
+    page.goto(server.url + "/admin/voices")
+    page.get_by_label("Voice", exact=True).select_option("alba")
+    text = page.get_by_label("Text")
+    text.fill("")
+    sockets: list[Any] = []
+    sent: list[str] = []
+    page.on("websocket", lambda ws: (sockets.append(ws.url),
+                                     ws.on("framesent", lambda frame: sent.append(str(frame)))))
+    page.get_by_label("Speak as I type").check()
+    page.wait_for_function(
+        "() => document.getElementById('tryit-status').textContent.startsWith('Listening')",
+        timeout=UI_TIMEOUT_MS)
+    text.press_sequentially("Hello there. How are you today? ", delay=20)
+    page.wait_for_function(
+        "() => { const m = document.getElementById('tryit-status').textContent"
+        ".match(/Speaking as you type: ([0-9.]+) s/); return m && parseFloat(m[1]) > 2; }",
+        timeout=UI_TIMEOUT_MS)
+    assert sockets == [server.url.replace("http://", "ws://") + "/admin/speech/stream"]
+    deltas = [json.loads(frame)["text"] for frame in sent if '"text"' in frame]
+    assert len(deltas) > 5 and "".join(deltas) == "Hello there. How are you today? "
+    shot(page, "speak-as-i-type")
+    page.get_by_label("Speak as I type").uncheck()

@@ -69,6 +69,12 @@ def _refusal(limits: Limits, characters: int, now: float, usage: Usage) -> RateL
     if limits.concurrent and usage.running >= limits.concurrent:
         return RateLimited(f"Quota exceeded: {limits.concurrent} concurrent syntheses; try "
                            "again when one has ended", CONCURRENT_RETRY_SECONDS, QUOTA_CODE)
+    return _characters_refusal(limits, characters, now, usage)
+
+
+def _characters_refusal(limits: Limits, characters: int, now: float,
+                        usage: Usage) -> RateLimited | None:
+    """Why characters more may not be said now, given usage; None when they may."""
     per_minute, per_day = limits.chars_per_minute, limits.chars_per_day
     if per_minute and usage.minute_characters + characters > per_minute:
         wait = _seconds_to_next_minute(now)
@@ -197,6 +203,20 @@ class Quotas:
         if refusal is not None:
             raise refusal
         return charge
+
+    async def spend(self, charge: SynthesisCharge, characters: int) -> None:
+        """Count characters more of a running synthesis (a live session says text as it comes).
+
+        Raises RateLimited over the minute or day limit (nothing is counted then). The
+        characters are never refunded: they were said.
+        """
+        limits, _ = await self.limits(charge.uid)
+        now = time.time()
+        refusal = await self._store.spend(
+            charge.uid, utc_day(now), int(now // 60), characters,
+            functools.partial(_characters_refusal, limits, characters, now))
+        if refusal is not None:
+            raise refusal
 
     async def finish(self, charge: SynthesisCharge, audio_seconds: float | None,
                      served: bool) -> None:

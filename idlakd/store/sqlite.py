@@ -210,6 +210,23 @@ _LIMIT_COLUMNS: Final = ", ".join(LIMIT_FIELDS)
 _Refusal = TypeVar("_Refusal")
 
 
+async def _count(db: aiosqlite.Connection, uid: str, day: str, minute: int, characters: int,
+                 requests: int, per_minute: bool = True) -> None:
+    """Add requests and characters to a user's day (and minute) inside the caller's transaction."""
+    await db.execute(
+        "INSERT INTO usage_days (uid, day, requests, characters) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (uid, day) DO UPDATE SET requests = requests + excluded.requests, "
+        "characters = characters + excluded.characters",
+        (uid, day, requests, characters))
+    if per_minute:
+        await db.execute(
+            "INSERT INTO usage_minutes (uid, minute, characters) VALUES (?, ?, ?) "
+            "ON CONFLICT (uid, minute) DO UPDATE SET characters = characters + excluded.characters",
+            (uid, minute, characters))
+    # Minutes before the previous one are never read again.
+    await db.execute("DELETE FROM usage_minutes WHERE minute < ?", (minute - 1,))
+
+
 async def _read_usage(db: aiosqlite.Connection, uid: str, day: str, minute: int,
                       running_since: float) -> Usage:
     """One user's usage, read on db (inside the caller's transaction when it holds one)."""
@@ -766,21 +783,26 @@ class Store(JobTables):
             refusal = decide(usage)
             if refusal is not None:
                 return refusal
-            await db.execute(
-                "INSERT INTO usage_days (uid, day, requests, characters) VALUES (?, ?, 1, ?) "
-                "ON CONFLICT (uid, day) DO UPDATE SET requests = requests + 1, "
-                "characters = characters + excluded.characters",
-                (charge.uid, charge.day, charge.characters))
-            if charge.per_minute:
-                await db.execute(
-                    "INSERT INTO usage_minutes (uid, minute, characters) VALUES (?, ?, ?) "
-                    "ON CONFLICT (uid, minute) DO UPDATE SET "
-                    "characters = characters + excluded.characters",
-                    (charge.uid, charge.minute, charge.characters))
-            await db.execute("DELETE FROM usage_minutes WHERE minute < ?", (charge.minute - 1,))
+            await _count(db, charge.uid, charge.day, charge.minute, charge.characters, 1,
+                         charge.per_minute)
             await db.execute(
                 "INSERT INTO running_syntheses (id, uid, daemon, started_at) VALUES (?, ?, ?, ?)",
                 (charge.id, charge.uid, charge.daemon, charge.started_at))
+        return None
+
+    async def spend(self, uid: str, day: str, minute: int, characters: int,
+                    decide: Callable[[Usage], _Refusal | None]) -> _Refusal | None:
+        """Check and add characters to a running synthesis's user in one write transaction.
+
+        Like charge(), but no request and no running synthesis is added; the running ones
+        are not read (decide() sees them as 0).
+        """
+        async with self._write() as db:
+            usage = await _read_usage(db, uid, day, minute, float("inf"))
+            refusal = decide(usage)
+            if refusal is not None:
+                return refusal
+            await _count(db, uid, day, minute, characters, 0)
         return None
 
     async def finish_charge(self, charge: SynthesisCharge, audio_seconds: float,

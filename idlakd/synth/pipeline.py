@@ -76,6 +76,9 @@ class ChunkFeed:
         self.closed = closed
         self._changed = asyncio.Event()
         self._listener: Callable[[], None] | None = None
+        #: End offset of the text whose audio the consumer has taken (a live door's flush).
+        self.spoken = 0
+        self._spoken_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def add(self, chunks: Sequence[Chunk]) -> None:
         """More chunks, after the ones before."""
@@ -98,6 +101,26 @@ class ChunkFeed:
     def take(self) -> Chunk | None:
         """The next chunk, if one is waiting."""
         return self._chunks.popleft() if self._chunks else None
+
+    def taken(self, chunk: Chunk) -> None:
+        """The consumer has taken all of chunk's audio: wake whoever waits for its text."""
+        source = chunk.source()
+        if source is None or source[1] <= self.spoken:
+            return
+        self.spoken = source[1]
+        waiting = self._spoken_waiters
+        self._spoken_waiters = [(end, future) for end, future in waiting if end > self.spoken]
+        for end, future in waiting:
+            if end <= self.spoken and not future.done():
+                future.set_result(None)
+
+    async def until_spoken(self, end: int) -> None:
+        """Until the audio of the text up to offset end has been taken."""
+        if end <= self.spoken:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._spoken_waiters.append((end, future))
+        await future
 
     @property
     def exhausted(self) -> bool:
@@ -228,6 +251,8 @@ async def ordered_pcm(pool: VoicePool, chunks: Sequence[Chunk] | ChunkFeed, admi
                 if feed.exhausted:
                     break
                 await feed.wait()
+                # A live stream ran dry: its listener waits, so the next audio goes out at once.
+                first = True
                 continue
             # The head stays in `pending` until done, so cancellation reaches it too.
             task, audio, chunk = pending[0]
@@ -255,6 +280,8 @@ async def ordered_pcm(pool: VoicePool, chunks: Sequence[Chunk] | ChunkFeed, admi
                 _place(marks, chunk, audio, chunk_start, rate, None)
             if not yielded:
                 yield rate, b""
+            # Resumed after the chunk's last piece: the consumer has all of it.
+            feed.taken(chunk)
     finally:
         feed.listen(None)
         # Cancel all before waiting for any: a worker freed by one must not

@@ -446,6 +446,8 @@ class LiveSpeech:
         self._feed = ChunkFeed(closed=False)
         self._marks = (MarkTrack(options.marks, "", 1 / options.speed) if options.marks else None)
         self._said = 0  # characters said so far (where the next text's offsets start)
+        #: End offset of the last words said (what until_spoken() of "all said so far" waits for).
+        self.queued = 0
 
     @property
     def ended(self) -> bool:
@@ -467,9 +469,21 @@ class LiveSpeech:
                                  "moment ago; it is not tried again")
         if self._marks is not None:
             self._marks.append_text(text)
-        self._feed.add([chunk.shifted(self._said) for chunk in document.chunks])
+        chunks = [chunk.shifted(self._said) for chunk in document.chunks]
+        self._feed.add(chunks)
+        self.queued = max([self.queued] + [source[1] for chunk in chunks
+                                           if (source := chunk.source()) is not None])
         self._said += len(text)
         return len(text)
+
+    @property
+    def unspoken(self) -> int:
+        """Characters of words said whose audio the consumer has not taken yet."""
+        return self.queued - self._feed.spoken
+
+    async def until_spoken(self, end: int) -> None:
+        """Until the consumer of audio() has taken the audio of the words up to offset end."""
+        await self._feed.until_spoken(end)
 
     def end(self) -> None:
         """No more text: the audio ends after what was said."""

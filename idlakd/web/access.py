@@ -12,8 +12,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # local: a loopback client when metrics_local_only. The admin page's own kinds (a session
 # cookie, not a token): page: a signed-in admin, else the sign-in page; form: page and the
 # posted form's CSRF field; fetch: a signed-in admin and the X-CSRF-Token header, refused
-# with JSON errors (for fetch() from the page).
-Access = Literal["public", "user", "admin", "local", "page", "form", "fetch"]
+# with JSON errors (for fetch() from the page). socket: a WebSocket whose caller is a user
+# by a token on the upgrade or the admin session cookie, else by its first message: the
+# handler must get its caller from web.guard.socket_caller, which enforces that rule.
+Access = Literal["public", "user", "admin", "local", "page", "form", "fetch", "socket"]
 
 
 class Route(NamedTuple):

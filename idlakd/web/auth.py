@@ -39,21 +39,23 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Authenticate only: verify a token's signature and times (or hash an API key), keep the
     result on the request."""
     token = bearer_token(request.headers.get("Authorization"))
-    result: TokenClaims | api_keys.PresentedKey | NotAuthenticated
-    if token is None:
-        result = NotAuthenticated(MISSING_HEADER)
-    elif not token:
-        result = NotAuthenticated(INVALID_TOKEN)
-    else:
-        try:
-            if api_keys.looks_like_key(token):
-                result = api_keys.presented(token)
-            else:
-                result = decode_token(request.app[secret_key], token)
-        except NotAuthenticated as exc:
-            result = exc
-    request[token_key] = result
+    request[token_key] = verified(request.app[secret_key], token)
     return await handler(request)
+
+
+def verified(secret: bytes, token: str | None
+             ) -> TokenClaims | api_keys.PresentedKey | NotAuthenticated:
+    """A presented token's verified claims, an API key's digest, or why it is neither."""
+    if token is None:
+        return NotAuthenticated(MISSING_HEADER)
+    if not token:
+        return NotAuthenticated(INVALID_TOKEN)
+    try:
+        if api_keys.looks_like_key(token):
+            return api_keys.presented(token)
+        return decode_token(secret, token)
+    except NotAuthenticated as exc:
+        return exc
 
 
 async def token_holder(request: web.Request) -> User:

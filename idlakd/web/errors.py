@@ -77,3 +77,19 @@ def openai_error(status: int, message: str, code: str | None) -> dict[str, Any]:
     param = None if match is None else OPENAI_FIELDS.get(match.group(1), match.group(1))
     kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+# The WebSocket door (/v1/speech/stream): the same errors as a close code and a short code.
+#: 1008 policy (bad auth, bad message, quota), 1011 server error, 1013 try again later.
+CLOSE_POLICY: Final = 1008
+CLOSE_SERVER_ERROR: Final = 1011
+CLOSE_TRY_LATER: Final = 1013
+
+
+def socket_error(exc: IdlakdError) -> tuple[int, str]:
+    """(WebSocket close code, error code) of a domain error: its own code, else OpenAI's type."""
+    status = status_of(exc)
+    close = (CLOSE_TRY_LATER if status == 503 else
+             CLOSE_SERVER_ERROR if status >= 500 else CLOSE_POLICY)
+    kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return close, exc.code or kind

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Final, Mapping
+from typing import Any, Awaitable, Callable, Final, Mapping
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -13,7 +14,7 @@ from idlakd.web.access import Access, Handler
 from idlakd.web.admin.session import (CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, SignInRequired,
                                       current_session)
 from idlakd.web.admin.signing import AdminSession, csrf_ok
-from idlakd.web.auth import token_holder
+from idlakd.web.auth import token_holder, verified
 from idlakd.web.keys import (access_key, admin_session_key, config_key, secret_key, store_key,
                              token_key, user_id_key, user_key)
 from idlakd.web.ops.metrics import is_local
@@ -21,6 +22,7 @@ from idlakd.web.ops.metrics import is_local
 FORM_EXPIRED: Final = ("This form has expired or did not come from this page (CSRF check "
                        "failed). Reload the page and try again.")
 SESSION_ENDED: Final = "Your session has ended: sign in again."
+CROSS_SITE: Final = "A session cookie is accepted from this server's own pages only"
 NOT_LOCAL: Final = "Metrics are served to local addresses only"
 
 
@@ -61,9 +63,45 @@ async def _fetch_session(request: web.Request) -> AdminSession:
     return session
 
 
+async def _socket_upgrade(request: web.Request) -> None:
+    """A socket route: the caller of a token on the upgrade or of the session cookie, noted;
+    with neither, the handler authenticates the first message through socket_caller()."""
+    if "Authorization" in request.headers or not request.app[config_key].authorization:
+        await _token_user(request, admin=False)
+        return
+    if not request.cookies.get(SESSION_COOKIE):
+        return
+    origin = request.headers.get("Origin")
+    # A browser sends the cookie whoever's page opens the socket: only our own pages may.
+    # (The host only: behind a TLS proxy the scheme seen here is not the browser's.)
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        raise NotPermitted(CROSS_SITE)
+    session, is_admin = await current_session(request)
+    if session is None or not is_admin:
+        raise NotAuthenticated(SESSION_ENDED)
+    request[admin_session_key] = session
+    request[user_key] = User(uid=session.uid, admin=True)
+    request[user_id_key] = session.uid
+
+
+async def socket_caller(request: web.Request,
+                        first_token: Callable[[], Awaitable[str]]) -> User:
+    """The caller of a socket route: noted at the upgrade, else the user of the token that
+    first_token() reads from the socket (it bounds its own wait); NotAuthenticated if none."""
+    user = request.get(user_key)
+    if user is not None:
+        return user
+    request[token_key] = verified(request.app[secret_key], await first_token())
+    await _token_user(request, admin=False)
+    return request[user_key]
+
+
 async def _enforce(request: web.Request, access: Access) -> None:
     """Raise unless the request may call a route of this access; note who it is."""
     if access == "public":
+        return
+    if access == "socket":
+        await _socket_upgrade(request)
         return
     if access in ("user", "admin"):
         await _token_user(request, admin=access == "admin")

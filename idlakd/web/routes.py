@@ -9,8 +9,8 @@ from aiohttp.web_urldispatcher import AbstractRoute
 
 from idlakd.web.access import Access, Route
 from idlakd.web.admin import views as admin
-from idlakd.web.api import auth, keys, marks, speech, usage, users, v1_lists, v1_speech, voices
-from idlakd.web.api import v1_jobs
+from idlakd.web.api import (auth, keys, marks, speech, usage, users, v1_jobs, v1_lists,
+                            v1_speech, v1_stream, voices)
 from idlakd.web.keys import access_key
 from idlakd.web.ops import health, index, metrics, openapi
 
@@ -42,6 +42,7 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("POST",   "/speech/marks",              marks.speech_marks,      "user"),
     Route("POST",   "/speech/captions",           marks.speech_captions,   "user"),
     Route("POST",   "/v1/audio/speech",           v1_speech.create_speech, "user"),
+    Route("GET",    "/v1/speech/stream",          v1_stream.speech_stream, "socket"),
     Route("GET",    "/v1/audio/voices",           v1_lists.list_voices,    "user"),
     Route("GET",    "/v1/models",                 v1_lists.list_models,    "user"),
     Route("POST",   "/v1/jobs",                   v1_jobs.create_job,      "user"),
@@ -82,6 +83,8 @@ ADMIN_ROUTES: Final[tuple[Route, ...]] = (
     Route("GET",  "/admin/voices/{voice_id}/remove", admin.confirm_remove_voice, "page"),
     Route("POST", "/admin/voices/{voice_id}/remove", admin.remove_voice,         "form"),
     Route("POST", "/admin/speech",                   admin.speech,               "fetch"),
+    # The text socket, where the session cookie (path /admin) reaches it.
+    Route("GET",  "/admin/speech/stream",            v1_stream.speech_stream,    "socket"),
     Route("GET",  "/admin/static/{name}",            admin.static,               "public"),
 )
 

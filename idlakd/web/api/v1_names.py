@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 
 from idlakd.config import Config
+from idlakd.models import Voice
+from idlakd.store.sqlite import Store
 
 
 @functools.lru_cache(maxsize=8)
@@ -26,3 +28,12 @@ def voice_aliases(config: Config) -> dict[str, str]:
         if sep and name.strip() and voice_id.strip():
             aliases[name.strip()] = voice_id.strip()
     return aliases
+
+
+async def find_voice(store: Store, config: Config, name: str) -> Voice | None:
+    """The voice a voice id (first) or an alias names; None if neither."""
+    voice = await store.get_voice(name)
+    alias = voice_aliases(config).get(name)
+    if voice is None and alias is not None:
+        voice = await store.get_voice(alias)
+    return voice

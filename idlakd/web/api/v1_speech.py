@@ -10,7 +10,7 @@ from idlakd.errors import Busy, InvalidRequest, MalformedRequest, NotFound, TooL
 from idlakd.models import Voice
 from idlakd.synth.options import MARK_TYPES, SPEED_RANGE, SpeechOptions
 from idlakd.web.api.v1_events import speech_events
-from idlakd.web.api.v1_names import models, voice_aliases
+from idlakd.web.api.v1_names import find_voice, models
 from idlakd.web.audio import SHUTTING_DOWN, VOICE_NOT_FOUND, SpeechRequest, answer_speech
 from idlakd.web.keys import config_key, runtime_key, store_key
 from idlakd.web.validation import NOT_CHOICE, Fields, json_object
@@ -57,11 +57,7 @@ def _marks(fields: Fields, sse: bool) -> frozenset[str]:
 
 async def _voice(request: web.Request, name: str) -> Voice:
     """The voice a voice id (first) or an alias names; else 400, as OpenAI answers."""
-    store = request.app[store_key]
-    voice = await store.get_voice(name)
-    alias = voice_aliases(request.app[config_key]).get(name)
-    if voice is None and alias is not None:
-        voice = await store.get_voice(alias)
+    voice = await find_voice(request.app[store_key], request.app[config_key], name)
     if voice is None:
         raise MalformedRequest(f"voice: {VOICE_NOT_FOUND} (neither a voice id nor an alias).",
                                code=VOICE_NOT_FOUND_CODE)

@@ -26,7 +26,7 @@ from idlakd.models import JOB_STATUSES
 from idlakd.synth.formats import AUDIO_FORMATS, FORMAT_NAMES, OPUS_RATES
 from idlakd.synth.options import (MARK_TYPES, PITCH_RANGE, SAMPLE_RATE_RANGE, SPEED_RANGE,
                                   TEXT_TYPES, VOLUME_RANGE)
-from idlakd.web.api import v1_speech
+from idlakd.web.api import v1_speech, v1_stream
 from idlakd.web.ops.docs_page import DOCS_HTML, DOCS_SCRIPT
 from idlakd.web.validation import INVALID_JSON, MISSING, NOT_BOOLEAN, NOT_OBJECT, NOT_STRING
 
@@ -390,6 +390,34 @@ def _job_paths() -> dict[str, Any]:
                        "416": _openai_error("The range starts past the end (Content-Range: "
                                             "bytes */<size>)")})},
     }
+def _stream_path() -> dict[str, Any]:
+    """The text-in WebSocket: OpenAPI cannot describe its messages, so its description does."""
+    return {"/v1/speech/stream": {"get": _v1_op(
+        "WebSocket: speak text while it is still being written (text in, audio out)",
+        description=(
+            "Upgrade to a WebSocket (credentials: Authorization: Bearer <token or API key> on "
+            "the upgrade, the admin session cookie from this server's own pages, or a first "
+            'message {"type": "auth", "token"} within 5 s). Client messages are JSON text '
+            'frames of at most 64 KiB: {"type": "start", "voice_id", "audio_format"?: '
+            f"{'|'.join(v1_stream.FORMATS)} (default pcm; wav is pcm without a header), "
+            '"sample_rate"?, "speed"?, "marks"?: bool} once; {"type": "text", "text"} deltas; '
+            '{"type": "flush"} (say what is buffered; answered by {"type": "flushed", "id"} '
+            'once its audio has been sent); {"type": "clear"} (barge-in: drop the buffer, stop '
+            'the audio in flight; answered by {"type": "cleared"}); {"type": "end"}. The server '
+            'sends audio as binary frames and JSON text frames: {"type": "started", "voice_id", '
+            '"audio_format", "sample_rate", "content_type"}, {"type": "mark", "mark"}, '
+            '"flushed", "cleared", {"type": "done", "usage": {"characters", "audio_seconds"}} '
+            'then close 1000; errors {"type": "error", "message", "code"} then close 1008 '
+            "(credentials, bad message, quota, idle), 1011 (server error) or 1013 (busy, try "
+            "later). A sentence is spoken once complete, or when the buffer passes 300 "
+            "characters, or after max_buffer_delay_ms without new text. docs/api.md has the "
+            "message tables."),
+        responses={
+            "101": {"description": "Switching to the WebSocket protocol"},
+            "400": _openai_error("Not a WebSocket upgrade"),
+            "403": _openai_error("The admin session cookie from another site's page (Origin)"),
+            "503": _openai_error("The server is shutting down (Retry-After)"),
+        })}}
 
 
 def build_spec() -> dict[str, Any]:
@@ -586,6 +614,7 @@ def build_spec() -> dict[str, Any]:
             })},
         **_v1_paths(),
         **_job_paths(),
+        **_stream_path(),
         "/": {"get": _op(
             "Where to go: browsers to the admin page, API clients a JSON index", tag="operations",
             responses={
