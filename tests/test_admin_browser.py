@@ -476,3 +476,27 @@ def test_speak_as_i_type(page: Any, server: Server) -> None:
     assert len(deltas) > 5 and "".join(deltas) == "Hello there. How are you today? "
     shot(page, "speak-as-i-type")
     page.get_by_label("Speak as I type").uncheck()
+
+
+def test_jobs_listed_with_progress_and_cancelled(page: Any, server: Server) -> None:
+    token = server.token("admin", server.password)
+    text = " ".join(["A long job, listed on the admin page while it runs."] * 600)
+    status, body = server.api("POST", "/v1/jobs", {"voice_id": "alba", "text": text}, token)
+    assert status == 202, body
+    job_id = body["id"]
+    sign_in(page, server)
+    page.wait_for_url(server.url + "/admin")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Jobs").click()
+    page.wait_for_url(server.url + "/admin/jobs")
+    job_row = page.locator(f"tr[data-job={json.dumps(job_id)}]")
+    assert job_row.locator(".uid").inner_text() == "admin"
+    assert job_row.locator(".status").inner_text() in ("queued", "running")
+    assert job_row.locator(".chars").inner_text().endswith(f" / {len(text)}")
+    shot(page, "jobs")
+    job_row.get_by_role("button", name=f"Cancel (job {job_id})").click()
+    page.wait_for_url(server.url + "/admin/jobs")
+    assert flash_text(page) == f"Job {job_id} of 'admin' cancelled."
+    assert job_row.locator(".status").inner_text() == "cancelled"
+    assert job_row.get_by_role("button").count() == 0
+    status, body = server.api("GET", f"/v1/jobs/{job_id}", token=token)
+    assert status == 200 and body["status"] == "cancelled"

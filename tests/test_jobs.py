@@ -4,6 +4,7 @@ a daemon killed mid-job that resumes, and background chunks yielding to interact
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -321,6 +322,9 @@ async def test_daemon_killed_mid_job_resumes(tmp_path: Path) -> None:
             async with session.get(f"{daemon.url}/v1/jobs/{job_id}/audio",
                                    headers=headers) as r:
                 data = await r.read()
+            async with session.get(f"{daemon.url}/v1/jobs/{job_id}/marks",
+                                   headers=headers) as r:
+                marks = [json.loads(line) for line in (await r.text()).splitlines()]
             async with session.post(f"{daemon.url}/speech", headers=headers,
                                     json={"voice_id": "alba", "text": text,
                                           "audio_format": "flac"}) as r:
@@ -335,3 +339,14 @@ async def test_daemon_killed_mid_job_resumes(tmp_path: Path) -> None:
     assert abs(got.seconds - expected.seconds) < 0.02 * expected.seconds, (got.seconds,
                                                                           expected.seconds)
     assert abs(job["progress"]["audio_seconds"] - expected.seconds) < 0.02 * expected.seconds
+    # The marks of the groups before the crash and after it: every sentence once, in order,
+    # at rising times inside the audio (none twice, none lost).
+    sentences = [(m["start"], m["end"], m["time"]) for m in marks if m["type"] == "sentence"]
+    spans, at = [], 0
+    for sentence in SENTENCES * 3:
+        spans.append((at, at + len(sentence)))
+        at += len(sentence) + 1
+    assert [(start, end) for start, end, _ in sentences] == spans
+    times = [m["time"] for m in marks]
+    assert times == sorted(times) and times[-1] < got.seconds * 1000
+    assert all(a < b for (*_, a), (*_, b) in zip(sentences, sentences[1:]))

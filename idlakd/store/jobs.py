@@ -2,7 +2,9 @@
 
 A job's audio lives in the store in parts (job_parts), so any daemon sharing the store can
 resume or serve it: stage "pcm" holds the synthesised groups in order, stage "result" the
-encoded file in parts of equal size (the last one shorter). Every write that moves a job on
+encoded file in parts of equal size (the last one shorter), stage "marks" one part per group:
+its timing marks (JSON lines, already placed in the job's audio and text) and the seconds of
+audio the group made. Every write that moves a job on
 checks that it is still running and claimed by the writer, so a job cancelled meanwhile, or
 taken over after a missed heartbeat, is never changed by a daemon that lost it.
 """
@@ -51,9 +53,10 @@ JOBS_MIGRATION: Final = """
     );
     """
 
-#: The synthesised PCM of the finished groups, and the encoded result.
+#: The synthesised PCM of the finished groups, the encoded result, and each group's marks.
 PCM: Final = "pcm"
 RESULT: Final = "result"
+MARKS: Final = "marks"
 
 _COLUMNS: Final = ("id, uid, voice_id, audio_format, options, characters_total, status, "
                    "characters_done, audio_seconds, error, created_at, started_at, finished_at, "
@@ -139,7 +142,7 @@ class JobTables:
         return int(row[0]) if row else 0
 
     async def stored_job_bytes(self, uid: str) -> int:
-        """Bytes of audio (parts of every stage) the user's jobs hold in the store."""
+        """Bytes of audio and marks (parts of every stage) the user's jobs hold in the store."""
         return await self._stored_bytes(self.reader, uid)
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -203,9 +206,10 @@ class JobTables:
             return cur.rowcount == 1
 
     async def save_job_group(self, job_id: str, owner: str, parts: Sequence[bytes],
-                             characters_done: int, audio_seconds: float, now: float) -> bool:
-        """One finished group's PCM parts and the progress they make, in one transaction;
-        False (nothing written) when the job is no longer owner's."""
+                             characters_done: int, audio_seconds: float, now: float,
+                             marks: bytes) -> bool:
+        """One finished group's PCM parts, its marks and the progress they make, in one
+        transaction; False (nothing written) when the job is no longer owner's."""
         async with self._write() as db:
             cur = await db.execute(
                 "UPDATE jobs SET characters_done = ?, audio_seconds = audio_seconds + ?, "
@@ -220,7 +224,21 @@ class JobTables:
             await db.executemany(
                 "INSERT INTO job_parts (job_id, stage, part, data) VALUES (?, ?, ?, ?)",
                 [(job_id, PCM, first + i, part) for i, part in enumerate(parts)])
+            # One marks part per group, even an empty one: its seconds place the next group.
+            await db.execute(
+                "INSERT INTO job_parts (job_id, stage, part, data, audio_seconds) "
+                "SELECT ?, ?, COALESCE(MAX(part) + 1, 0), ?, ? FROM job_parts "
+                "WHERE job_id = ? AND stage = ?",
+                (job_id, MARKS, marks, audio_seconds, job_id, MARKS))
         return True
+
+    async def job_marks(self, job_id: str, group: int) -> tuple[bytes, float] | None:
+        """One group's marks (JSON lines) and the seconds of audio it made; None past the last."""
+        async with self.reader.execute(
+                "SELECT data, audio_seconds FROM job_parts WHERE job_id = ? AND stage = ? "
+                "AND part = ?", (job_id, MARKS, group)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else (bytes(row[0]), float(row[1]))
 
     async def job_part(self, job_id: str, stage: str, index: int) -> bytes | None:
         """One part of a job's PCM or result, or None past the last."""
@@ -260,7 +278,8 @@ class JobTables:
         return True
 
     async def finish_job(self, job_id: str, owner: str, result_bytes: int, now: float) -> bool:
-        """The result is complete: done, its PCM dropped, in one transaction (owner's only)."""
+        """The result is complete: done, its PCM dropped (its marks kept), in one transaction
+        (owner's only)."""
         async with self._write() as db:
             cur = await db.execute(
                 "UPDATE jobs SET status = 'done', result_bytes = ?, finished_at = ?, "

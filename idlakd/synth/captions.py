@@ -11,6 +11,8 @@ from idlakd.synth.marks import Mark
 #: Characters per caption line and lines per cue (the usual broadcast limits).
 LINE_CHARS: Final = 42
 CUE_LINES: Final = 2
+#: The first line of every WebVTT document; each cue block follows after an empty line.
+HEADER: Final = "WEBVTT\n"
 _TAG: Final = re.compile(r"<[^>]*>")
 
 
@@ -59,12 +61,18 @@ def _cues(marks: Sequence[Mark]) -> list[tuple[int, list[str]]]:
     return cues
 
 
+def cue_blocks(marks: Sequence[Mark], end_ms: int, first: int = 1) -> list[str]:
+    """The cues of marks as WebVTT blocks numbered from first; the last ends at end_ms."""
+    cues = _cues(sorted(marks, key=lambda m: m.time))
+    blocks: list[str] = []
+    for index, (start, words) in enumerate(cues):
+        end = cues[index + 1][0] if index + 1 < len(cues) else max(end_ms, start + 1)
+        blocks.append(f"{first + index}\n"
+                      f"{_timestamp(start)} --> {_timestamp(max(end, start + 1))}\n"
+                      f"{_lines(words)}\n")
+    return blocks
+
+
 def webvtt(marks: Sequence[Mark], duration_ms: int) -> str:
     """A WebVTT document whose cues show the text as it is spoken; the last ends with the audio."""
-    cues = _cues(sorted(marks, key=lambda m: m.time))
-    blocks = ["WEBVTT", ""]
-    for index, (start, words) in enumerate(cues):
-        end = cues[index + 1][0] if index + 1 < len(cues) else max(duration_ms, start + 1)
-        blocks += [str(index + 1), f"{_timestamp(start)} --> {_timestamp(max(end, start + 1))}",
-                   _lines(words), ""]
-    return "\n".join(blocks)
+    return HEADER + "".join(f"\n{block}" for block in cue_blocks(marks, duration_ms))

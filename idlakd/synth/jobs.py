@@ -2,8 +2,8 @@
 
 A job's text is spoken in groups of whole sentences (at most GROUP_CHARS). Each group is
 synthesised as raw PCM at the job's rate through the one Synthesizer, as background work
-(its chunks yield to interactive requests), and stored with the progress it makes in one
-transaction: after a crash the job resumes at the first group not stored. Once every group is
+(its chunks yield to interactive requests), and stored with its timing marks (placed in the
+job's audio and text) and the progress it makes in one transaction: after a crash the job resumes at the first group not stored. Once every group is
 stored, the whole PCM is encoded in one pass (parts -> ffmpeg -> result parts; WAV and PCM
 need no ffmpeg) and only then is the job done, so a partial result never shows as done.
 """
@@ -27,7 +27,8 @@ from idlakd.store.sqlite import Store
 from idlakd.synth import wav
 from idlakd.synth.document import is_markup
 from idlakd.synth.formats import AUDIO_FORMATS
-from idlakd.synth.options import SpeechOptions
+from idlakd.synth.job_marks import placed
+from idlakd.synth.options import MARK_TYPES, SpeechOptions
 from idlakd.synth.synthesizer import Synthesizer
 from idlakd.synth.tasks import cancel_and_wait
 from idlakd.synth.text import sentence_spans
@@ -172,6 +173,14 @@ class JobRunner:
         if work is not None:
             work.cancel()
 
+    async def cancel_job(self, job_id: str) -> Job | None:
+        """Cancel a queued or running job (in the store, and here if it runs here): the job
+        after, or None when it was not queued or running."""
+        cancelled = await self._store.cancel_job(job_id, time.time())
+        if cancelled is not None:
+            self.cancel(job_id)
+        return cancelled
+
     async def _run_forever(self) -> None:
         """Claim a job, run it, and again; wait for a wake-up or the next poll between."""
         while True:
@@ -265,18 +274,24 @@ class JobRunner:
         speech = SpeechOptions(stream=True, sample_rate=rate, speed=options.get("speed", 1.0),
                                pitch=options.get("pitch", 0.0), volume=options.get("volume", 0.0),
                                # A group of plain text is plain, whatever its first characters.
-                               text_type="ssml" if markup else "text")
+                               text_type="ssml" if markup else "text",
+                               marks=frozenset(MARK_TYPES))
+        # Samples of the groups stored before (a resumed job): where the next group's marks fall.
+        samples = await self._store.job_pcm_bytes(job.id) // 2
         for begin, end in groups:
             audio = await self._synthesizer.synthesise(voice, text[begin:end], "pcm", speech,
                                                        background=True)
             try:
                 pcm = b"".join([bytes(piece) async for piece in audio])
+                # Mark times are already in output time (the track scales them by 1 / speed).
+                marks = placed(audio.take_marks(), round(samples * 1000 / rate), begin)
             finally:
                 await audio.aclose()
             parts = [pcm[at:at + PART_BYTES] for at in range(0, len(pcm), PART_BYTES)]
             if not await self._store.save_job_group(job.id, self.owner, parts, end,
-                                                    len(pcm) / 2 / rate, time.time()):
+                                                    len(pcm) / 2 / rate, time.time(), marks):
                 raise JobLost()
+            samples += len(pcm) // 2
 
     async def _encode(self, job: Job, rate: int) -> None:
         """Encode the stored PCM into the job's format as result parts, then mark it done."""

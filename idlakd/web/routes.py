@@ -9,8 +9,8 @@ from aiohttp.web_urldispatcher import AbstractRoute
 
 from idlakd.web.access import Access, Route
 from idlakd.web.admin import views as admin
-from idlakd.web.api import (auth, keys, marks, speech, usage, users, v1_jobs, v1_lists,
-                            v1_speech, v1_stream, voices)
+from idlakd.web.api import (auth, keys, marks, speech, usage, users, v1_job_marks, v1_jobs,
+                            v1_lists, v1_speech, v1_stream, voices)
 from idlakd.web.keys import access_key
 from idlakd.web.ops import health, index, metrics, openapi
 
@@ -50,6 +50,8 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET",    "/v1/jobs/{job_id}",          v1_jobs.get_job,         "user"),
     Route("DELETE", "/v1/jobs/{job_id}",          v1_jobs.delete_job,      "user"),
     Route("GET",    "/v1/jobs/{job_id}/audio",    v1_jobs.job_audio,       "user"),
+    Route("GET",    "/v1/jobs/{job_id}/marks",    v1_job_marks.job_marks,  "user"),
+    Route("GET",    "/v1/jobs/{job_id}/captions", v1_job_marks.job_captions, "user"),
     Route("GET",    "/",                          index.index,             "public"),
     Route("GET",    "/healthz",                   health.healthz,          "public"),
     Route("GET",    "/readyz",                    health.readyz,           "public"),
@@ -77,6 +79,8 @@ ADMIN_ROUTES: Final[tuple[Route, ...]] = (
     Route("GET",  "/admin/users/keys",               admin.user_keys_page,       "page"),
     Route("POST", "/admin/users/keys",               admin.create_user_key,      "form"),
     Route("POST", "/admin/users/keys/revoke",        admin.revoke_user_key,      "form"),
+    Route("GET",  "/admin/jobs",                     admin.jobs_page,            "page"),
+    Route("POST", "/admin/jobs/cancel",              admin.cancel_job,           "form"),
     Route("GET",  "/admin/voices",                   admin.voices_page,          "page"),
     Route("POST", "/admin/voices",                   admin.add_voice,            "form"),
     Route("GET",  "/admin/voices/{voice_id}",        admin.voice_page,           "page"),

@@ -1,4 +1,4 @@
-"""The admin page's handlers: sign-in, status, users, voices and the try-it speech twin."""
+"""The admin page's handlers: sign-in, status, users, jobs, voices and the try-it speech twin."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from idlakd.accounts.quotas import LIMIT_FIELDS
 from idlakd.accounts.tokens import ADMIN_REQUIRED
 from idlakd.errors import (Busy, InvalidRequest, NotAuthenticated, NotFound, NotPermitted,
                            RateLimited)
-from idlakd.models import ENGINES, GENDERS, Voice
+from idlakd.models import ENGINES, GENDERS, JOB_ACTIVE, Voice
 from idlakd.synth.stats import SynthStats
 from idlakd.synth.formats import PLAYABLE_FORMATS
 from idlakd.voices.definitions import VoiceDefinitionError, voice_from_entry
@@ -37,8 +37,8 @@ from idlakd.web.auth import token_lifetime_seconds
 from idlakd.web.errors import headers_of, status_of
 from idlakd.web.guard import FORM_EXPIRED, SESSION_ENDED, form_text as _text
 from idlakd.web.keys import (admin_flashes_key, admin_session_key, client_address_key, config_key,
-                             passwords_key, quotas_key, runtime_key, secret_key, store_key,
-                             synth_key, throttle_key, user_id_key)
+                             jobs_key, passwords_key, quotas_key, runtime_key, secret_key,
+                             store_key, synth_key, throttle_key, user_id_key)
 from idlakd.web.validation import Fields
 
 NOT_ADMIN: Final = (f"{ADMIN_REQUIRED}: this page is for admins only. Other users use the "
@@ -51,6 +51,11 @@ LOGIN_MESSAGES: Final[Mapping[str, tuple[str, str]]] = {
 STATIC_FILES: Final = frozenset({"admin.css", "admin.js"})
 VOICE_FIELDS: Final = ("id", "name", "gender", "engine", "dir", "lang", "acc", "options")
 _NONCE_RE: Final = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+#: Jobs the jobs page lists (the newest).
+MAX_LISTED_JOBS: Final = 200
+#: A job id is 22 characters; a longer one is never looked up.
+MAX_JOB_ID_LENGTH: Final = 64
+JOB_NOT_ACTIVE: Final = "That job is not queued or running (it has ended, or does not exist)"
 
 
 def _see_other(location: str) -> web.Response:
@@ -428,6 +433,35 @@ async def set_user_limits(request: web.Request) -> web.Response:
     else:
         flash(request, session, "ok", f"Limits of '{uid}' saved.")
     return _see_other("/admin/users")
+
+
+# Jobs
+
+async def jobs_page(request: web.Request) -> web.Response:
+    """GET /admin/jobs: every user's jobs, newest first, with progress and a cancel button."""
+    session = _session(request)
+    jobs = await request.app[store_key].list_jobs(None, MAX_LISTED_JOBS)
+    rows = [{"job": job, "active": job.status in JOB_ACTIVE,
+             "percent": (100 * job.characters_done // job.characters_total
+                         if job.characters_total else 100),
+             "created": api_keys.utc_text(job.created_at),
+             "started": api_keys.utc_text(job.started_at) or "—",
+             "finished": api_keys.utc_text(job.finished_at) or "—"} for job in jobs]
+    return render(request, "jobs.html", session, {"active": "jobs", "rows": rows,
+                                                  "limit": MAX_LISTED_JOBS})
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """POST /admin/jobs/cancel: cancel a queued or running job of any user."""
+    session, form = _session(request), await request.post()
+    job_id = _text(form, "job_id")
+    cancelled = (await request.app[jobs_key].cancel_job(job_id)
+                 if 0 < len(job_id) <= MAX_JOB_ID_LENGTH else None)
+    if cancelled is None:
+        flash(request, session, "error", JOB_NOT_ACTIVE)
+    else:
+        flash(request, session, "ok", f"Job {cancelled.id} of '{cancelled.uid}' cancelled.")
+    return _see_other("/admin/jobs")
 
 
 # Voices

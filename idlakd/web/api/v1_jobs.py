@@ -52,7 +52,7 @@ def job_json(job: Job) -> dict[str, Any]:
     }
 
 
-async def _job_of(request: web.Request) -> Job:
+async def job_of(request: web.Request) -> Job:
     """The job the path names, if the caller may see it (its owner, or an admin); else 404.
 
     Another user's job is "not found", never "forbidden": ids cannot be probed.
@@ -107,7 +107,7 @@ async def create_job(request: web.Request) -> web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     """GET /v1/jobs/{job_id} -> the job: status, progress, times, error."""
-    return json_response(job_json(await _job_of(request)))
+    return json_response(job_json(await job_of(request)))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -121,12 +121,11 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def delete_job(request: web.Request) -> web.Response:
     """DELETE /v1/jobs/{job_id}: cancel a queued or running job (200, the job), delete an
     ended one and its audio (204)."""
-    job = await _job_of(request)
+    job = await job_of(request)
     store = request.app[store_key]
     if job.status in JOB_ACTIVE:
-        cancelled = await store.cancel_job(job.id, time.time())
+        cancelled = await request.app[jobs_key].cancel_job(job.id)
         if cancelled is not None:
-            request.app[jobs_key].cancel(job.id)
             return json_response(job_json(cancelled))
     # Ended (perhaps just now): deleted with its audio.
     await store.delete_job(job.id)
@@ -156,7 +155,7 @@ def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
 
 async def job_audio(request: web.Request) -> web.StreamResponse:
     """GET /v1/jobs/{job_id}/audio -> the finished file (Range requests answered with 206)."""
-    job = await _job_of(request)
+    job = await job_of(request)
     if job.status != "done":
         raise Conflict(f"Job is {job.status}: its audio is ready only when it is done")
     size = job.result_bytes

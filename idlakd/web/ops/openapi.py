@@ -389,6 +389,22 @@ def _job_paths() -> dict[str, Any]:
                        "409": _openai_error("The job is not done"),
                        "416": _openai_error("The range starts past the end (Content-Range: "
                                             "bytes */<size>)")})},
+        "/v1/jobs/{job_id}/marks": {"get": _v1_op(
+            "A done job's timing marks (sentence, word, ssml), one JSON object a line",
+            params=job_id,
+            responses={"200": {"description": "Marks in time order: {time, type, start, end, "
+                                              "value}, time in ms of the job's audio, start/end "
+                                              "character offsets into its text",
+                               "content": {"application/x-ndjson": {"schema": STR}}},
+                       "404": not_found,
+                       "409": _openai_error("The job is not done")})},
+        "/v1/jobs/{job_id}/captions": {"get": _v1_op(
+            "WebVTT captions of a done job's audio",
+            params=job_id,
+            responses={"200": {"description": "WebVTT",
+                               "content": {"text/vtt": {"schema": STR}}},
+                       "404": not_found,
+                       "409": _openai_error("The job is not done")})},
     }
 def _stream_path() -> dict[str, Any]:
     """The text-in WebSocket: OpenAPI cannot describe its messages, so its description does."""
