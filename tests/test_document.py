@@ -74,8 +74,8 @@ def test_markup_becomes_sentences_and_breaks() -> None:
            '<p>Go <sub alias="World Wide Web">WWW</sub>.</p></speak>')
     assert split_text("  " + doc + "\n") == [
         Chunk((Text("Hello."),)),
-        Chunk((Text("World"), Break(500))),
-        Chunk((Text("again."), Break(750))),
+        # A break inside a sentence stays inside its chunk: the sentence is said as one.
+        Chunk((Text("World"), Break(500), Text("again."), Break(750))),
         Chunk((Text("Go World Wide Web ."),)),
     ]
 
@@ -246,3 +246,19 @@ def test_words_keep_their_character_offsets() -> None:
     marker = next(s for c in document.chunks for s in c.segments if isinstance(s, Marker))
     assert markup[marker.start:marker.end] == '<mark name="m"/>'
     assert markup[spans[0][0]:spans[0][1]] == "One"
+
+
+def test_pieces_of_a_long_word_point_at_their_own_characters() -> None:
+    """A word longer than a chunk is cut; each piece's span is its own part of the text."""
+    text = "x" * 25 + " end."
+    spans = [span for chunk in parse(text, max_chunk_chars=10).chunks
+             for segment in chunk.segments if isinstance(segment, Text) for span in segment.spans]
+    assert spans[:3] == [(0, 10), (10, 20), (20, 25)]
+
+
+def test_a_byte_order_mark_before_markup_is_markup() -> None:
+    """A BOM (as some editors save) before <speak> does not make the markup plain text."""
+    text = "\ufeff <speak>Hi <break time=\"1s\"/>there.</speak>"
+    document = parse(text)
+    assert document.break_seconds == 1.0
+    assert [text[s:e] for t in _texts(document) for s, e in t.spans] == ["Hi", "there."]

@@ -202,3 +202,21 @@ async def test_say_as_is_spoken_as_words_and_marked_once(client: TestClient[Any,
         "voice_id": "alba",
         "text": '<speak><say-as interpret-as="date" format="dmy">31/02/2024</say-as></speak>'})
     await assert_error(resp, 422, contains="interpret-as 'date'")
+
+
+async def test_inline_markup_keeps_a_sentence_whole(client: TestClient[Any, Any],
+                                                    user_token: str) -> None:
+    """<emphasis>, <prosody> and <mark> inside a sentence do not cut it: one sentence mark,
+    every word marked, and the words come about as fast as in the plain sentence."""
+    plain = "A really big dog lives here."
+    markup = ('<speak>A <emphasis level="none">really</emphasis> big <mark name="m"/>'
+              '<prosody rate="medium">dog</prosody> lives here.</speak>')
+    marks = await _marks(client, user_token, markup)
+    assert [m["value"] for m in marks if m["type"] == "sentence"] == [
+        'A <emphasis level="none">really</emphasis> big <mark name="m"/>'
+        '<prosody rate="medium">dog</prosody> lives here.']
+    assert [m["value"] for m in marks if m["type"] == "word"] == plain.split()
+    words = [m["time"] for m in marks if m["type"] == "word"]
+    plain_words = [m["time"] for m in await _marks(client, user_token, plain) if m["type"] == "word"]
+    # Cut into five sentences (as it used to be), the last word came about 3 times later.
+    assert words[-1] < 1.5 * plain_words[-1]

@@ -121,3 +121,18 @@ def test_the_filter_chain_leaves_out_what_the_engine_did() -> None:
                                         "volume=-6dB"]
     assert prosody_filters(options, frozenset({"speed", "volume"})) == ["rubberband=pitch=2"]
     assert prosody_filters(SpeechOptions()) == []
+
+
+async def test_slow_speech_counts_against_max_audio_seconds(aiohttp_client: ClientFactory,
+                                                           tmp_path: Path) -> None:
+    """max_audio_seconds bounds the audio served, after the tempo change: speed 0.25 cannot
+    make four times the limit (the estimate refuses it before synthesis, the cut during it)."""
+    client = await aiohttp_client(create_app(make_config(
+        tmp_path, authorization="false", max_audio_seconds="8")))
+    assert seconds(await pcm_of(client)) < 8
+    resp = await client.post("/speech", json={"voice_id": "alba", "text": TEXT, "speed": 0.25})
+    await assert_error(resp, 413, "text: would make more than the limit of 8 seconds of audio")
+    # Under the estimate but over the limit once slowed: cut with the limit's own message.
+    resp = await client.post("/speech", json={"voice_id": "alba", "text": TEXT, "speed": 0.4,
+                                              "stream": False})
+    await assert_error(resp, 413, "Audio longer than the limit of 8 seconds")

@@ -195,8 +195,13 @@ class _Run:
 
 
 def is_markup(text: str) -> bool:
-    """Whether the text is meant as an XML document rather than plain text."""
-    return _MARKUP_START.match(text.lstrip()) is not None
+    """Whether the text is meant as an XML document rather than plain text (a BOM may lead)."""
+    return _MARKUP_START.match(_leading_stripped(text)) is not None
+
+
+def _leading_stripped(text: str) -> str:
+    """text without the whitespace and byte-order marks before it."""
+    return text.lstrip().lstrip("\ufeff").lstrip()
 
 
 def clean(text: str) -> str:
@@ -267,48 +272,143 @@ def parse(text: str, max_break_share: float = 0.5,
     chunks: list[Chunk] = []
     pending: list[Segment] = []  # breaks and marks before the first words
     characters = 0
-    breaks = 0.0
-    for item in items:
-        if isinstance(item, (Break, Marker)):
-            if isinstance(item, Break):
-                breaks += item.ms / 1000
-            if chunks:
-                chunks[-1] = Chunk((*chunks[-1].segments, item))
-            else:
-                pending.append(item)
-            continue
-        run = _clean_run(item)
-        for piece in _pieces(run, max_chunk_chars):
-            characters += len(piece.text)
-            chunks.append(Chunk((*pending, piece)))
+    breaks = sum(item.ms for item in items if isinstance(item, Break)) / 1000
+    for group in _groups(items):
+        words, tail = _words(group)
+        for piece in _pieces(words, max_chunk_chars):
+            characters += len(" ".join(s.text for s in piece if isinstance(s, Text)))
+            chunks.append(Chunk((*pending, *piece)))
             pending = []
+        if chunks:
+            chunks[-1] = Chunk((*chunks[-1].segments, *tail))
+        else:
+            pending += tail
     if not chunks:
         raise DocumentError("Text has nothing to say.")
     _check_breaks(breaks, characters, max_break_share)
     return Document(tuple(chunks), characters, breaks)
 
 
-def _pieces(run: _Run, limit: int) -> list[Text]:
-    """A run cut into sentences and pieces of at most limit characters, each word with its source span."""
-    pieces: list[Text] = []
-    text = run.text
-    for begin, end in sentence_spans(text):
-        words = [(m.group(), min(run.starts[m.start():m.end()]), max(run.ends[m.start():m.end()]))
-                 for m in _WORD.finditer(text, begin, end)]
-        if not words:
+#: Between two items of the markup, a sentence ends whatever the punctuation (a block's edge).
+_BOUNDARY: Final = object()
+_Item = Any  # _Run | Break | Marker | _BOUNDARY
+
+
+def _groups(items: list[_Item]) -> list[list[_Item]]:
+    """The items cut at block edges: each group's text is split into sentences as one text."""
+    groups: list[list[_Item]] = [[]]
+    for item in items:
+        if item is _BOUNDARY:
+            groups.append([])
+        else:
+            groups[-1].append(item)
+    return [group for group in groups if group]
+
+
+@dataclasses.dataclass
+class _Word:
+    """A word of a group: its text, source span, prosody, and the breaks and marks just before it."""
+
+    text: str
+    start: int
+    end: int
+    prosody: Prosody | None
+    #: Where it starts in its group's text (where breaks and marks are placed).
+    position: int
+    before: list[Break | Marker] = dataclasses.field(default_factory=list)
+    #: Whether it ends a sentence of its group.
+    last: bool = False
+
+
+def _words(group: list[_Item]) -> tuple[list[_Word], list[Break | Marker]]:
+    """A group's words in order (sentence ends marked), and the breaks and marks after the last."""
+    pieces: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    prosodies: list[tuple[int, Prosody | None]] = []  # (first character, prosody) per run
+    anchors: list[tuple[int, Break | Marker]] = []
+    length = 0
+    for item in group:
+        if isinstance(item, (Break, Marker)):
+            if pieces and not pieces[-1][-1:].isspace():
+                # A break or a mark between two letters separates two words.
+                pieces.append(" ")
+                starts.append(ends[-1])
+                ends.append(ends[-1])
+                length += 1
+            anchors.append((length, item))
             continue
-        sentence = " ".join(word for word, _start, _end in words)
+        run = _clean_run(item)
+        prosodies.append((length, run.prosody))
+        pieces.append(run.text)
+        starts += run.starts
+        ends += run.ends
+        length += len(run.text)
+    text = "".join(pieces)
+    words: list[_Word] = []
+    run_index = 0
+    for begin, end in sentence_spans(text):
+        for match in _WORD.finditer(text, begin, end):
+            while run_index + 1 < len(prosodies) and prosodies[run_index + 1][0] <= match.start():
+                run_index += 1
+            words.append(_Word(match.group(), min(starts[match.start():match.end()]),
+                               max(ends[match.start():match.end()]),
+                               prosodies[run_index][1], match.start()))
+        if words:
+            words[-1].last = True
+    tail: list[Break | Marker] = []
+    index = 0
+    for position, anchor in anchors:
+        while index < len(words) and words[index].position < position:
+            index += 1
+        (words[index].before if index < len(words) else tail).append(anchor)
+    return words, tail
+
+
+def _pieces(words: list[_Word], limit: int) -> list[list[Segment]]:
+    """Words cut into sentences and pieces of at most limit characters, as segments.
+
+    Inside a piece, a change of prosody starts a new text segment, and breaks
+    and marks stand where they were written; each word keeps its source span.
+    """
+    pieces: list[list[Segment]] = []
+    first = 0
+    for last in (i for i, word in enumerate(words) if word.last):
+        sentence = words[first:last + 1]
+        first = last + 1
         cursor = 0  # the word the next token starts in
-        used = 0  # characters of that word already in earlier pieces (a hard cut)
-        for piece in cut_sentence(sentence, limit):
+        used = 0  # characters of that word already in earlier tokens (a hard cut)
+        for piece in cut_sentence(" ".join(word.text for word in sentence), limit):
+            segments: list[Segment] = []
+            tokens: list[str] = []
             spans: list[tuple[int, int]] = []
+            prosody: Prosody | None = None
+
+            def flush() -> None:
+                if tokens:
+                    segments.append(Text(" ".join(tokens), prosody, tuple(spans)))
+                tokens.clear()
+                spans.clear()
+
             for token in piece.split():
-                word, start, stop = words[cursor]
-                spans.append((start, stop))
+                word = sentence[cursor]
+                if used == 0 and word.before:
+                    flush()
+                    segments += word.before
+                if tokens and word.prosody != prosody:
+                    flush()
+                prosody = word.prosody
+                tokens.append(token)
+                if word.end - word.start == len(word.text):
+                    # Written as said: a piece of a hard-cut word points at its own characters.
+                    spans.append((word.start + used, word.start + used + len(token)))
+                else:
+                    spans.append((word.start, word.end))
                 used += len(token)
-                if used >= len(word):
+                if used >= len(word.text):
                     cursor, used = cursor + 1, 0
-            pieces.append(Text(piece, run.prosody, tuple(spans)))
+            flush()
+            pieces.append(segments)
     return pieces
 
 
@@ -394,7 +494,7 @@ class _MarkupReader:
         self._source = source
         self._index = index
         self._base = _Frame("", prosody, lang)
-        self.items: list[_Run | Break | Marker] = []
+        self.items: list[_Item] = []
         self._text: list[str] = []
         self._starts: list[int] = []
         self._ends: list[int] = []
@@ -431,9 +531,10 @@ class _MarkupReader:
             self._ends.extend([end] * len(text))
 
     def _flush(self) -> None:
-        """End the current text run (at a block end, a break, a mark or a change of prosody)."""
+        """End the current text run (at a block's edge, a break, a mark or a change of prosody)."""
         text = "".join(self._text)
-        if text.strip():
+        # Whitespace alone is kept: it separates the words of the runs around it.
+        if text:
             prosody = self._top.prosody
             self.items.append(_Run(text, self._starts, self._ends,
                                    None if prosody == NEUTRAL else prosody))
@@ -453,6 +554,8 @@ class _MarkupReader:
         prosody = top.prosody
         if name in _BLOCKS or name in _VOICED or name in ("break", "mark"):
             self._flush()
+        if name in _BLOCKS:
+            self.items.append(_BOUNDARY)
         if name == "prosody":
             prosody = self._prosody(values).within(prosody)
         elif name == "emphasis":
@@ -540,6 +643,8 @@ class _MarkupReader:
             self._speak_as()
         if name in _BLOCKS or name in _VOICED:
             self._flush()
+        if name in _BLOCKS:
+            self.items.append(_BOUNDARY)
         self._stack.pop()
         if self._alias_depth is not None and len(self._stack) < self._alias_depth:
             self._alias_depth = None
@@ -628,12 +733,12 @@ def _break_seconds(values: dict[str, str], where: Callable[[], str]) -> float:
     return _STRENGTHS[strength]
 
 
-def _parse_markup(text: str, prosody: Prosody, lang: str) -> list[_Run | Break | Marker]:
+def _parse_markup(text: str, prosody: Prosody, lang: str) -> list[_Item]:
     """Parse an XML document with the allowlist into runs, breaks and marks."""
     parser = expat.ParserCreate("utf-8", namespace_separator=" ")
-    stripped = text.strip()
+    stripped = _leading_stripped(text).rstrip()
     encoded = stripped.encode("utf-8", "surrogatepass")
-    index = _SourceIndex(stripped, len(text) - len(text.lstrip()), encoded)
+    index = _SourceIndex(stripped, len(text) - len(_leading_stripped(text)), encoded)
     reader = _MarkupReader(parser, text, index, prosody, lang)
     parser.StartElementHandler = reader.start
     parser.EndElementHandler = reader.end

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import re
+from typing import Any, Final
 
 from idlakd.synth.document import Chunk, Marker, Text
 from idlakd.synth.workers import ChunkEvent
+
+_WORD: Final = re.compile(r"\S+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +45,10 @@ class MarkTrack:
         self._scale = time_scale
         self._due: list[Mark] = []
         self._last_word: tuple[int, int] | None = None
+        # The text segment word events are counted in, the next word not marked, word ends.
+        self._segment: Text | None = None
+        self._next = 0
+        self._ends: list[int] = []
 
     @property
     def time_scale(self) -> float:
@@ -69,12 +76,32 @@ class MarkTrack:
             if source is not None and segment is first:
                 self.add(Mark(time, "sentence", *source, self._text[source[0]:source[1]]))
         elif event.kind == "word" and isinstance(segment, Text) and segment.spans:
-            index = min(segment.text.count(" ", 0, event.start), len(segment.spans) - 1)
-            span = segment.spans[index]
-            # Several spoken words from one written (a say-as date) make one mark.
-            if span != self._last_word:
-                self._last_word = span
-                self.add(Mark(time, "word", *span, self._text[span[0]:span[1]]))
+            for span in self._words_reached(segment, event.start):
+                # Several spoken words from one written (a say-as date) make one mark.
+                if span != self._last_word:
+                    self._last_word = span
+                    self.add(Mark(time, "word", *span, self._text[span[0]:span[1]]))
+
+    def _words_reached(self, segment: Text, start: int) -> list[tuple[int, int]]:
+        """Source spans of the segment's words up to the one an engine's word event names.
+
+        Engines are loose about where a word starts (eSpeak may point at the space before
+        it, or fold "a" into the next word): the event names the first word not marked yet
+        that ends after its position, and words it skipped are marked with it.
+        """
+        if self._segment is not segment:
+            self._segment = segment
+            self._next = 0
+            self._ends = [match.end() for match in _WORD.finditer(segment.text)]
+        ends = self._ends[:len(segment.spans)]
+        index = self._next
+        while index < len(ends) - 1 and ends[index] <= start:
+            index += 1
+        if index >= len(ends) or index < self._next:
+            return []
+        reached = list(segment.spans[self._next:index + 1])
+        self._next = index + 1
+        return reached
 
     def take(self) -> list[Mark]:
         """Every mark placed since the last take, in time order."""

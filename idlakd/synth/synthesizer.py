@@ -212,8 +212,9 @@ class Synthesizer:
 
     # -- synthesis -------------------------------------------------------
 
-    async def _document(self, text: str, text_type: str, lang: str) -> Document:
-        """Parse and bound the request text (a long one off the loop)."""
+    async def _document(self, text: str, text_type: str, lang: str,
+                        speed: float = 1.0) -> Document:
+        """Parse and bound the request text (a long one off the loop); speed stretches its audio."""
         reading = functools.partial(parse, text, self._config.max_break_share,
                                     text_type=text_type, lang=lang)
         try:
@@ -225,7 +226,7 @@ class Synthesizer:
         except DocumentError as exc:
             raise InvalidRequest(f"text: {exc}") from None
         limit = self._config.max_audio_seconds
-        if document.min_audio_seconds() > limit:
+        if document.min_audio_seconds() / speed > limit:
             raise TooLarge(f"text: would make more than the limit of {limit:g} seconds of audio")
         return document
 
@@ -261,7 +262,8 @@ class Synthesizer:
         spec = _format(audio_format, options)
         if not self._accepting:
             raise Busy()
-        chunks = (await self._document(text, options.text_type, voice.language)).chunks
+        chunks = (await self._document(text, options.text_type, voice.language,
+                                       options.speed)).chunks
         self.requests += 1
         # A cached answer is served before any PCM tells the voice's rate: raw PCM, whose
         # Content-Type names it, is cached only when the rate was asked. A cached answer
@@ -316,7 +318,9 @@ class Synthesizer:
         """
         audio_format = spec.name
         flow = Flow(self._config.synthesis_timeout_seconds + _ROOM_GRACE_SECONDS)
-        made = ordered_pcm(pool, chunks, admission, flow, self._config.max_audio_seconds, marks)
+        # The engines' audio, before a tempo filter makes it 1/speed as long.
+        made = ordered_pcm(pool, chunks, admission, flow,
+                           self._config.max_audio_seconds * options.speed, marks)
         resources.push_async_callback(made.aclose)
         pcm = PcmMeter(made)  # the stream's audio seconds, for usage
         # No engine applies prosody itself yet: every change is an ffmpeg filter.
@@ -394,11 +398,12 @@ class Synthesizer:
             log.error("Synthesis failed for voice %s %s: %s", voice.id, when,
                       exc or type(exc).__name__)
             raise Failed(SYNTHESIS_FAILED) from None
-        except AudioTooLong as exc:
+        except AudioTooLong:
             # The voice id only: the text is the user's, and may be long or private.
+            limit = self._config.max_audio_seconds
             log.warning("Audio for voice %s passed max_audio_seconds (%g s); synthesis stopped",
-                        voice.id, exc.limit)
-            raise TooLarge(f"Audio longer than the limit of {exc.limit:g} seconds") from None
+                        voice.id, limit)
+            raise TooLarge(f"Audio longer than the limit of {limit:g} seconds") from None
 
     async def _guarded(self, body: AsyncIterator[bytes | memoryview], voice: Voice,
                        writer: CacheEntryWriter | None
@@ -462,7 +467,8 @@ class LiveSpeech:
         """
         if self._feed.closed:
             raise InvalidRequest("text: the speech has ended")
-        document = await self._synth._document(text, "text", self.voice.language)
+        document = await self._synth._document(text, "text", self.voice.language,
+                                               self._options.speed)
         fatal = self._pool.fatal_chunk(document.chunks)
         if fatal is not None:
             raise InvalidRequest(f"text: the voice's engine failed on {fatal.text[:40]!r} a "
