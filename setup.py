@@ -42,6 +42,8 @@ setup(
             "playwright>=1.40",
             # The OpenAI-compatible door is tested with the official client.
             "openai>=1.50",
+            # The text socket is tested with a second, independent WebSocket client too.
+            "websockets>=12",
         ],
     },
     entry_points={"console_scripts": ["idlakd = idlakd.cli.main:main"]},

@@ -1,7 +1,5 @@
-"""GET /v1/speech/stream from the outside: a real WebSocket client against the real app, workers and ffmpeg.
-
-The `websockets` package is not in the venv: every test uses aiohttp's client.
-"""
+"""GET /v1/speech/stream from the outside: real WebSocket clients (aiohttp's, and the
+`websockets` package) against the real app, workers and ffmpeg."""
 
 from __future__ import annotations
 
@@ -15,6 +13,7 @@ from typing import Any
 import aiohttp
 import imageio_ffmpeg
 import pytest
+import websockets
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
@@ -138,6 +137,33 @@ async def test_header_auth_speaks_the_text_as_speech_does(client: TestClient[Any
         assert TEXT[mark["start"]:mark["end"]] == mark["value"]
     assert [m["time"] for m in sentences] == sorted(m["time"] for m in sentences)
     assert sentences[-1]["time"] / 1000 < seconds
+
+
+async def test_the_websockets_package_speaks_too(client: TestClient[Any, Any],
+                                                 user_token: str) -> None:
+    """A second, independent client (the `websockets` package): header auth, deltas, flush,
+    end; the audio is /speech's, the close is a normal 1000."""
+    url = str(client.make_url(PATH)).replace("http://", "ws://")
+    async with websockets.connect(url, additional_headers=bearer(user_token)) as ws:
+        await ws.send(json.dumps({"type": "start", "voice_id": "alba"}))
+        started = json.loads(await ws.recv())
+        assert started["type"] == "started"
+        for start in range(0, len(TEXT), 7):
+            await ws.send(json.dumps({"type": "text", "text": TEXT[start:start + 7]}))
+        await ws.send(json.dumps({"type": "flush"}))
+        await ws.send(json.dumps({"type": "end"}))
+        audio = bytearray()
+        events: list[dict[str, Any]] = []
+        async for message in ws:
+            if isinstance(message, bytes):
+                audio += message
+            else:
+                events.append(json.loads(message))
+        assert ws.close_code == 1000
+    assert [e["type"] for e in events] == ["flushed", "done"]
+    seconds = len(audio) / 2 / started["sample_rate"]
+    reference = await speech_seconds(client, user_token, TEXT)
+    assert abs(seconds - reference) / reference < 0.05, (seconds, reference)
 
 
 async def test_first_message_auth_with_an_api_key_and_mulaw(client: TestClient[Any, Any],
