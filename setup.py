@@ -24,6 +24,8 @@ setup(
         "espeakng-loader>=0.2.4",
         "imageio-ffmpeg>=0.5",
         "prometheus-client>=0.20",
+        # The shared store of several daemons (database = postgresql://...).
+        "asyncpg>=0.29",
         # say-as: numbers, ordinals and dates as words in many languages.
         "num2words>=0.5.13",
         # say-as dates: month names and date order per language (CLDR).
