@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from idlakd.config import Config
-from idlakd.synth.limiter import SynthesisLimiter
+from idlakd.synth.limiter import INTERACTIVE_QUIET_SECONDS, SynthesisLimiter
 from idlakd.synth.transcode import ffmpeg_executable
 from tests.helpers.app import REPO, bearer, make_config
 from tests.helpers.audio import decode, decoded_seconds
@@ -263,13 +263,18 @@ async def test_background_slot_waits_for_interactive() -> None:
     assert order[-1] == "job"
     # Background streams never count against the interactive queue or stream caps.
     assert limiter.streams == limiter.waiting == 0
-    # Idle: a background chunk starts at once, but only max_background (1) of them at a time.
+    # Idle: a background chunk starts once interactive work has been quiet for a moment
+    # (INTERACTIVE_QUIET_SECONDS), and only max_background (1) of them at a time.
     order.clear()
+    await chunk("interactive-3", False, 0.01)
     jobs = [asyncio.create_task(chunk(f"job-{n}", True, 0.1)) for n in range(2)]
-    await asyncio.sleep(0.05)
-    assert order == ["job-0"] and limiter.background_running == 1
+    await asyncio.sleep(INTERACTIVE_QUIET_SECONDS / 2)
+    assert order == ["interactive-3"]
+    await asyncio.sleep(INTERACTIVE_QUIET_SECONDS / 2 + 0.05)
+    assert len(order) == 2 and order[1].startswith("job-") and limiter.background_running == 1
     await asyncio.gather(*jobs)
-    assert order == ["job-0", "job-1"] and limiter.running == limiter.background_running == 0
+    assert sorted(order) == ["interactive-3", "job-0", "job-1"]
+    assert limiter.running == limiter.background_running == 0
 
 
 async def test_daemon_killed_mid_job_resumes(tmp_path: Path) -> None:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator
+import time
+from typing import AsyncIterator, Final
 
 from idlakd.errors import Busy
+
+#: Background chunks wait this long after the last interactive chunk started or ended: a
+#: conversation's next request, typically a moment after the last, finds the CPUs free.
+INTERACTIVE_QUIET_SECONDS: Final = 0.25
 
 
 class Admission:
@@ -41,7 +46,8 @@ class SynthesisLimiter:
     max_concurrent + max_queue streams open at all; beyond that, Busy (503).
 
     Background streams (jobs) come last: one of their chunks gets a slot only while no
-    interactive chunk runs or waits, and fewer than max_background background chunks run.
+    interactive chunk runs or waits, none did for quiet seconds, and fewer than
+    max_background background chunks run.
     So jobs use the machine only while it has no interactive work, never take more than
     max_background slots, and an interactive request never waits for a slot behind them
     while max_background < max_concurrent (with a single slot: at most one chunk of
@@ -53,8 +59,12 @@ class SynthesisLimiter:
     the open-stream cap bounds those however slowly clients read.
     """
 
-    def __init__(self, max_concurrent: int, max_queue: int, max_background: int = 1) -> None:
+    def __init__(self, max_concurrent: int, max_queue: int, max_background: int = 1,
+                 quiet: float = INTERACTIVE_QUIET_SECONDS) -> None:
         self.max_concurrent = max_concurrent
+        self._quiet = quiet
+        # When an interactive chunk last took or gave back a slot.
+        self._last_interactive = -quiet
         self.max_background = max_background
         self.max_queue = max_queue
         self.max_streams = max_concurrent + max_queue
@@ -84,11 +94,13 @@ class SynthesisLimiter:
     @contextlib.asynccontextmanager
     async def slot(self, admission: Admission | None) -> AsyncIterator[Lease]:
         """Hold one of the max_concurrent synthesis slots (given back while its chunk waits)."""
-        if admission is not None and admission.background:
+        background = admission is not None and admission.background
+        if background:
             await self._spare_slot()
         else:
             await self._slots.acquire()
-        lease = Lease(self, admission is not None and admission.background)
+            self._last_interactive = time.monotonic()
+        lease = Lease(self, background)
         if admission is not None:
             admission.started()
         try:
@@ -98,20 +110,30 @@ class SynthesisLimiter:
 
     def background_may_start(self) -> bool:
         """Whether a background chunk may take a slot now: no interactive chunk waits for one
-        (the semaphore is not locked) or runs, and fewer than max_background background ones run."""
+        (the semaphore is not locked) or runs or did within quiet seconds, and fewer than
+        max_background background ones run."""
         return (not self._slots.locked() and self.background_running < self.max_background
-                and self.running == self.background_running)
+                and self.running == self.background_running and self._quiet_for() <= 0)
+
+    def _quiet_for(self) -> float:
+        """Seconds until interactive work has been quiet for long enough (0 or less: now)."""
+        return self._last_interactive + self._quiet - time.monotonic()
 
     async def _spare_slot(self) -> None:
         """Take a slot for a background chunk once background_may_start()."""
         while not self.background_may_start():
             self._freed.clear()
-            await self._freed.wait()
+            with contextlib.suppress(TimeoutError):
+                # A slot given back wakes it; so does the end of the quiet time.
+                async with asyncio.timeout(max(self._quiet_for(), 0.0) or None):
+                    await self._freed.wait()
         # Not locked: this takes the slot at once, without yielding to another task.
         await self._slots.acquire()
 
-    def _released(self) -> None:
+    def _released(self, background: bool) -> None:
         """A slot was given back: waiting background chunks look again."""
+        if not background:
+            self._last_interactive = time.monotonic()
         self._freed.set()
 
 
@@ -136,7 +158,7 @@ class Lease:
             self.held = False
             self._count(-1)
             self._limiter._slots.release()
-            self._limiter._released()
+            self._limiter._released(self.background)
 
     @contextlib.asynccontextmanager
     async def paused(self) -> AsyncIterator[None]:
