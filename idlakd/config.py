@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Final, Mapping
@@ -22,7 +23,7 @@ class Setting:
     """One configuration key: its name, type, default (as INI text) and help."""
 
     name: str
-    kind: str  # str | int | float | bool | path | choice:<a|b>
+    kind: str  # str | int | float | bool | path | database | choice:<a|b>
     default: str
     help: str
 
@@ -33,10 +34,15 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("state_dir", "path", "",
             "Directory for database, secret and cache. Empty: $STATE_DIRECTORY "
             "(set by systemd) or ~/.local/state/idlakd."),
-    Setting("database", "path", "", "SQLite database file. Empty: <state_dir>/idlakd.db."),
+    Setting("database", "database", "",
+            "SQLite database file, or a PostgreSQL URL (postgresql://user:password@host:port/db) "
+            "shared by several daemons. Empty: <state_dir>/idlakd.db."),
+    Setting("database_pool_size", "int", "10",
+            "PostgreSQL only: most connections this daemon (or command) opens to the database."),
     Setting("secret_file", "path", "",
             "File holding the JWT signing secret, created 0600 on first start. "
-            "Empty: <state_dir>/secret.key."),
+            "Empty: <state_dir>/secret.key with SQLite; with PostgreSQL the secret is kept in "
+            "the database, shared by every daemon."),
     Setting("token_expiration_minutes", "int", "30", "Lifetime of an access token in minutes."),
     Setting("authorization", "bool", "true",
             "Require access tokens. 'false' opens every route to anyone (a loud warning is logged)."),
@@ -179,7 +185,42 @@ def _parse(setting: Setting, raw: str) -> Any:
         return text.upper()
     if kind == "path":
         return Path(os.path.expanduser(text)) if text else None
+    if kind == "database":
+        if text.startswith(POSTGRES_SCHEMES):
+            return DatabaseUrl(text)
+        if "://" in text:
+            raise ConfigError(f"setting '{setting.name}': only postgresql:// URLs or a file path")
+        return Path(os.path.expanduser(text)) if text else None
     return text
+
+
+# The URL schemes libpq (and asyncpg) accept for PostgreSQL.
+POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseUrl:
+    """A PostgreSQL connection URL; str() hides its password, so logs never show it."""
+
+    url: str = dataclasses.field(repr=False)
+
+    def __str__(self) -> str:
+        return _without_password(self.url)
+
+    def __repr__(self) -> str:
+        return f"DatabaseUrl({str(self)!r})"
+
+
+def _without_password(url: str) -> str:
+    """The URL with the password of its user part (user:password@) replaced by ***."""
+    scheme, _, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    user, at, host = authority.rpartition("@")
+    if at and ":" in user:
+        user = user.split(":", 1)[0] + ":***"
+    masked = f"{user}{at}{host}{slash}{path}"
+    # A password may also come as a query parameter (?password=...).
+    return f"{scheme}://" + re.sub(r"(?i)(password=)[^&]*", r"\1***", masked)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,8 +230,9 @@ class Config:
     host: str
     port: int
     state_dir: Path
-    database: Path
-    secret_file: Path
+    database: Path | DatabaseUrl
+    database_pool_size: int
+    secret_file: Path | None  # None: kept in the (PostgreSQL) database
     token_expiration_minutes: int
     authorization: bool
     log_level: str
@@ -329,7 +371,10 @@ def load_config(
     state_dir = values["state_dir"] or default_state_dir(env)
     values["state_dir"] = state_dir
     values["database"] = values["database"] or state_dir / "idlakd.db"
-    values["secret_file"] = values["secret_file"] or state_dir / "secret.key"
+    if values["database_pool_size"] < 1:
+        raise ConfigError("setting 'database_pool_size': must be at least 1")
+    if values["secret_file"] is None and not isinstance(values["database"], DatabaseUrl):
+        values["secret_file"] = state_dir / "secret.key"
     values["voice_config"] = values["voice_config"] or default_voice_config()
     return Config(**values)
 

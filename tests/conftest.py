@@ -4,21 +4,54 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
 from idlakd.web.app import create_app
-from idlakd.config import Config
+from idlakd.config import Config, DatabaseUrl
 from tests.helpers.app import ClientFactory, bearer, login, make_config
+from tests.helpers.postgres import PostgresServer, running_postgres
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole session (started on first use)."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> Path | DatabaseUrl:
+    """Each store in turn: a fresh SQLite file, or a fresh database on the session's server."""
+    if request.param == "sqlite":
+        return tmp_path / "x.db"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return DatabaseUrl(await server.create_database())
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    """The default test configuration."""
-    return make_config(tmp_path)
+def store_kind() -> str:
+    """The store of the app's config: SQLite, unless the test is marked both_stores."""
+    return "sqlite"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the tests marked both_stores once on SQLite and once on PostgreSQL."""
+    if (metafunc.definition.get_closest_marker("both_stores") is not None
+            and "store_kind" in metafunc.fixturenames):
+        metafunc.parametrize("store_kind", ["sqlite", "postgresql"])
+
+
+@pytest.fixture
+async def config(tmp_path: Path, store_kind: str, request: pytest.FixtureRequest) -> Config:
+    """The default test configuration (on a fresh PostgreSQL database for that store kind)."""
+    if store_kind == "sqlite":
+        return make_config(tmp_path)
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return make_config(tmp_path, database=await server.create_database())
 
 
 @pytest.fixture

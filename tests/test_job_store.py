@@ -1,4 +1,5 @@
-"""The store's job methods: atomic claims, takeover after a missed heartbeat, parts, bounds, purge."""
+"""The store's job methods (both stores): atomic claims, takeover after a missed heartbeat,
+parts, bounds, purge."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 from idlakd.models import Job
 from idlakd.store.jobs import PCM, RESULT
-from idlakd.store.sqlite import Store
+from idlakd.config import DatabaseUrl
+from idlakd.store.factory import store_at
 
 
 def job(job_id: str, uid: str = "alice", created_at: float = 1.0) -> Job:
@@ -16,8 +18,8 @@ def job(job_id: str, uid: str = "alice", created_at: float = 1.0) -> Job:
                options={"sample_rate": 22050}, characters_total=10, created_at=created_at)
 
 
-async def test_concurrent_claims_take_different_jobs(tmp_path: Path) -> None:
-    async with Store(tmp_path / "x.db") as store:
+async def test_concurrent_claims_take_different_jobs(database: Path | DatabaseUrl) -> None:
+    async with store_at(database, 10) as store:
         for n in range(2):
             assert await store.create_job(job(f"j{n}", created_at=n), "Some text.", 0, 0) == "ok"
         claimed = await asyncio.gather(*(store.claim_job(f"daemon{n}", 0.0, 10.0)
@@ -27,8 +29,9 @@ async def test_concurrent_claims_take_different_jobs(tmp_path: Path) -> None:
         assert await store.job_text("j0") == "Some text."
 
 
-async def test_a_stale_job_is_taken_over_and_its_old_runner_stopped(tmp_path: Path) -> None:
-    async with Store(tmp_path / "x.db") as store:
+async def test_a_stale_job_is_taken_over_and_its_old_runner_stopped(
+        database: Path | DatabaseUrl) -> None:
+    async with store_at(database, 10) as store:
         await store.create_job(job("j"), "Text.", 0, 0)
         assert (await store.claim_job("a", stale_before=0.0, now=100.0)) is not None
         # a's heartbeat (100) is not older than 50: nobody else may take it.
@@ -49,8 +52,8 @@ async def test_a_stale_job_is_taken_over_and_its_old_runner_stopped(tmp_path: Pa
         assert await store.job_marks("j", 1) == (b"m2\n", 1.5)
 
 
-async def test_release_finish_cancel_delete_and_purge(tmp_path: Path) -> None:
-    async with Store(tmp_path / "x.db") as store:
+async def test_release_finish_cancel_delete_and_purge(database: Path | DatabaseUrl) -> None:
+    async with store_at(database, 10) as store:
         for name in ("done", "gone", "old"):
             await store.create_job(job(name), "Text.", 0, 0)
         assert await store.claim_job("a", 0.0, 1.0) is not None
@@ -79,8 +82,8 @@ async def test_release_finish_cancel_delete_and_purge(tmp_path: Path) -> None:
         assert [j.id for j in await store.list_jobs()] == ["old"]
 
 
-async def test_create_job_bounds_per_user(tmp_path: Path) -> None:
-    async with Store(tmp_path / "x.db") as store:
+async def test_create_job_bounds_per_user(database: Path | DatabaseUrl) -> None:
+    async with store_at(database, 10) as store:
         assert await store.create_job(job("a1"), "T.", 1, 0) == "ok"
         assert await store.create_job(job("a2"), "T.", 1, 0) == "too_many"
         assert await store.create_job(job("b1", uid="bob"), "T.", 1, 0) == "ok"

@@ -23,6 +23,9 @@ from tests.helpers.audio import decode, decoded_seconds
 from tests.helpers.daemon import login as daemon_login
 from tests.helpers.daemon import start_daemon, wait_listening
 
+# The same routes on both stores (SQLite and PostgreSQL).
+pytestmark = pytest.mark.both_stores
+
 SENTENCES = [f"This is sentence number {n}, spoken by a job that runs in the background."
              for n in range(1, 41)]
 TEXT = " ".join(SENTENCES)  # about 3000 characters: three groups

@@ -16,11 +16,15 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from idlakd.config import Config, DatabaseUrl
 from idlakd.web.app import create_app
 from tests.helpers.admin import admin_client
 from tests.helpers.app import ClientFactory, assert_error, bearer, login, make_config
 from tests.helpers.daemon import login as daemon_login
 from tests.helpers.daemon import start_daemon, wait_listening
+
+# The same routes on both stores (SQLite and PostgreSQL).
+pytestmark = pytest.mark.both_stores
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = "Hello there."  # 12 characters
@@ -217,40 +221,41 @@ async def test_admin_page_shows_usage_and_sets_limits(client: TestClient[Any, An
     assert "concurrent: Must be null" in page
 
 
-def _cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run `python -m idlakd` on the test's state directory."""
+def _cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m idlakd` on the test's state directory and database."""
+    database = config.database.url if isinstance(config.database, DatabaseUrl) else config.database
     return subprocess.run(
-        [sys.executable, "-m", "idlakd", "--set", f"state_dir={state}", *args],
+        [sys.executable, "-m", "idlakd", "--set", f"state_dir={config.state_dir}",
+         "--set", f"database={database}", *args],
         cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
-async def test_cli_limits_and_usage(client: TestClient[Any, Any], config: Any,
+async def test_cli_limits_and_usage(client: TestClient[Any, Any], config: Config,
                                     user_token: str) -> None:
     """`idlakd user limits|usage` on the daemon's database: the daemon applies the limits at once."""
     assert (await _speak(client, user_token)).status == 200
-    state = config.state_dir
-    shown = await asyncio.to_thread(_cli, state, "user", "limits", "alice")
+    shown = await asyncio.to_thread(_cli, config, "user", "limits", "alice")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines() == ["chars_per_minute\t100000\tdefault",
                                          "chars_per_day\t0\tdefault", "concurrent\t8\tdefault"]
-    changed = await asyncio.to_thread(_cli, state, "user", "limits", "alice",
+    changed = await asyncio.to_thread(_cli, config, "user", "limits", "alice",
                                       "--chars-per-day", "20", "--concurrent", "3")
     assert changed.returncode == 0, changed.stderr
     assert "chars_per_day\t20\tset (default 0)" in changed.stdout.splitlines()
     body = await assert_error(await _speak(client, user_token), 429)
     assert DAY_RE.fullmatch(body["message"]), body
-    usage = await asyncio.to_thread(_cli, state, "user", "usage", "alice")
+    usage = await asyncio.to_thread(_cli, config, "user", "usage", "alice")
     assert usage.returncode == 0, usage.stderr
     lines = dict(line.split("\t", 1) for line in usage.stdout.splitlines())
     assert lines["requests"] == "1" and lines["characters"] == str(len(TEXT))
     assert float(lines["audio_seconds"]) > 0.5
-    reset = await asyncio.to_thread(_cli, state, "user", "limits", "alice",
+    reset = await asyncio.to_thread(_cli, config, "user", "limits", "alice",
                                     "--chars-per-day", "default")
     assert "chars_per_day\t0\tdefault" in reset.stdout.splitlines()
     for bad in (("user", "limits", "nobody"), ("user", "usage", "nobody")):
-        proc = await asyncio.to_thread(_cli, state, *bad)
+        proc = await asyncio.to_thread(_cli, config, *bad)
         assert proc.returncode == 1 and "user 'nobody' does not exist" in proc.stderr
-    proc = await asyncio.to_thread(_cli, state, "user", "limits", "alice", "--concurrent", "-1")
+    proc = await asyncio.to_thread(_cli, config, "user", "limits", "alice", "--concurrent", "-1")
     assert proc.returncode == 2
 
 

@@ -1,4 +1,4 @@
-"""The store under concurrent writers of one process: they queue, none fails."""
+"""The store under concurrent writers of one process: they queue, none fails (both stores)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+from idlakd.config import DatabaseUrl
+from idlakd.store.factory import store_at
 from idlakd.store.sqlite import Store
 
 
-async def test_concurrent_writes_queue_instead_of_failing(tmp_path: Path) -> None:
-    async with Store(tmp_path / "x.db") as store:
+async def test_concurrent_writes_queue_instead_of_failing(database: Path | DatabaseUrl) -> None:
+    async with store_at(database, 10) as store:
         await asyncio.gather(*(store.revoke_token(f"jti-{n}", 4e9) for n in range(20)))
         revoked = await asyncio.gather(*(store.token_state(f"jti-{n}", "nobody")
                                          for n in range(20)))
@@ -21,8 +23,9 @@ async def test_concurrent_writes_queue_instead_of_failing(tmp_path: Path) -> Non
         assert sorted(results[10:]) == ["missing", "missing", "ok"]
 
 
-async def test_a_cancelled_write_leaves_no_transaction_open(tmp_path: Path) -> None:
-    async with Store(tmp_path / "x.db") as store:
+async def test_a_cancelled_write_leaves_no_transaction_open(
+        database: Path | DatabaseUrl) -> None:
+    async with store_at(database, 2) as store:
         for _ in range(5):
             task = asyncio.ensure_future(store.revoke_token("j", 4e9))
             await asyncio.sleep(0)

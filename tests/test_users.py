@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from idlakd.web.keys import passwords_key, store_key
 from tests.helpers.app import assert_error, bearer, login
 
+# The user routes on both stores: the same answers from SQLite and PostgreSQL.
+pytestmark = pytest.mark.both_stores
 
 async def test_list_users(client: TestClient[Any, Any], admin_token: str) -> None:
     resp = await client.get("/users", headers=bearer(admin_token))

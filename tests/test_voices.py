@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
 from tests.helpers.app import assert_error
+
+# The same routes on both stores (SQLite and PostgreSQL).
+pytestmark = pytest.mark.both_stores
 
 VOICE_KEYS = {"voice_id", "id", "name", "language", "accent", "gender", "sample_rate", "engine"}
 

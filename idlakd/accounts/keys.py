@@ -20,7 +20,7 @@ from idlakd.accounts.tokens import NO_SUCH_USER
 from idlakd.accounts.users import NoSuchUser
 from idlakd.errors import InvalidRequest, NotAuthenticated, NotFound, StoreError
 from idlakd.models import ApiKey, User
-from idlakd.store.sqlite import Store
+from idlakd.store.factory import Store
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Final
 from idlakd.accounts.passwords import Passwords
 from idlakd.accounts.throttle import LoginThrottle
 from idlakd.errors import NotAuthenticated
-from idlakd.store.sqlite import Store
+from idlakd.store.factory import Store
 
 LOGIN_INCORRECT: Final = "Login details are incorrect"
 

@@ -24,7 +24,8 @@ from idlakd.accounts.users import NoSuchUser
 from idlakd.config import Config
 from idlakd.errors import InvalidRequest, RateLimited, StoreError, TooLarge
 from idlakd.models import Limits, SynthesisCharge, Usage
-from idlakd.store.sqlite import LIMIT_FIELDS, Store
+from idlakd.store.factory import Store
+from idlakd.store.sqlite import LIMIT_FIELDS
 
 __all__ = ["LIMIT_FIELDS", "Quotas", "UsageReport", "check_limits", "utc_day"]
 

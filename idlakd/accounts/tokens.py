@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -15,7 +16,8 @@ import jwt
 
 from idlakd.errors import NotAuthenticated
 from idlakd.models import User
-from idlakd.store.sqlite import Store
+from idlakd.store.factory import Store
+from idlakd.store.postgres import PostgresStore
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,21 @@ INVALID_TOKEN: Final = "Access token is invalid"
 EXPIRED_TOKEN: Final = "Access token has expired"
 NO_SUCH_USER: Final = "The user with such access token does not exist"
 ADMIN_REQUIRED: Final = "Admin permissions required"
+
+
+def new_secret() -> bytes:
+    """A fresh random signing secret."""
+    return secrets.token_urlsafe(SECRET_BYTES).encode()
+
+
+async def load_secret(path: Path | None, store: Store) -> bytes:
+    """The signing secret: from its file (created on first start), or, with no file
+    configured, the one kept in the PostgreSQL store (created once by the first node)."""
+    if path is not None:
+        return await asyncio.to_thread(load_or_create_secret, path)
+    if not isinstance(store, PostgresStore):
+        raise ValueError("a SQLite store keeps no token secret: set secret_file")
+    return await store.keep_secret(new_secret())
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -41,7 +58,7 @@ def load_or_create_secret(path: Path) -> bytes:
         if path.stat().st_mode & 0o077:
             log.warning("Secret file %s is readable by others; chmod 600 it", path)
         return secret
-    secret = secrets.token_urlsafe(SECRET_BYTES).encode()
+    secret = new_secret()
     with os.fdopen(fd, "wb") as fh:
         fh.write(secret + b"\n")
         fh.flush()

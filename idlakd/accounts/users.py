@@ -12,7 +12,7 @@ from typing import Final
 from idlakd.accounts.passwords import Passwords, generate_password
 from idlakd.accounts.uids import UID_RULE, normalise_uid
 from idlakd.errors import InvalidRequest
-from idlakd.store.sqlite import Store
+from idlakd.store.factory import Store
 
 log = logging.getLogger(__name__)
 

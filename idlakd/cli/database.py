@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Awaitable, Callable, Final
 
 from idlakd.accounts.passwords import Passwords
-from idlakd.config import Config
-from idlakd.store.sqlite import Store
+from idlakd.config import Config, DatabaseUrl
+from idlakd.store.factory import Store, open_store
 from idlakd.cli.errors import CommandError, Refused
 
 # What the documented install uses (docs/operations.md, idlakd.service).
@@ -67,7 +67,7 @@ def require_database(database: Path) -> None:
 
 async def with_store(config: Config, action: Callable[[Store], Awaitable[int]]) -> int:
     """Open the database, run one command against it, close it."""
-    async with Store(config.database) as store:
+    async with open_store(config) as store:
         return await action(store)
 
 
@@ -76,7 +76,7 @@ async def with_accounts(config: Config,
     """Open the database and one bcrypt thread, run one user command, close both."""
     passwords = Passwords(config.bcrypt_rounds, threads=1)
     try:
-        async with Store(config.database) as store:
+        async with open_store(config) as store:
             return await action(store, passwords)
     finally:
         await passwords.close()
@@ -86,6 +86,9 @@ def backup(config: Config, args: argparse.Namespace) -> int:
     """idlakd backup FILE: a consistent copy of the live database (SQLite online backup)."""
     from idlakd.store.backup import BackupError, backup_database
 
+    if isinstance(config.database, DatabaseUrl):
+        raise CommandError("backup copies a SQLite database; for PostgreSQL use pg_dump "
+                           "(docs/operations.md, Backups)")
     try:
         size = backup_database(config.database, args.file)
     except BackupError as exc:

@@ -12,7 +12,7 @@ from idlakd.cli.database import with_store
 from idlakd.cli.errors import CommandError
 from idlakd.config import Config
 from idlakd.errors import InvalidRequest, NotFound
-from idlakd.store.sqlite import Store
+from idlakd.store.factory import Store
 
 LIST_HEADER = "ID\tUSER\tNAME\tPREFIX\tCREATED\tLAST USED\tEXPIRES"
 

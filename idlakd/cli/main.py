@@ -94,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in (None, "serve"):
             return serve(config)
         logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
-        if args.command not in NO_STORE_COMMANDS:
+        # A PostgreSQL database has no file here to protect or to find.
+        if args.command not in NO_STORE_COMMANDS and isinstance(config.database, Path):
             if not getattr(args, "read_only", False):
                 refuse_root(config.database)
             if not getattr(args, "new_database", False):

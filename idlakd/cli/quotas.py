@@ -13,7 +13,7 @@ from idlakd.cli.errors import CommandError
 from idlakd.config import Config
 from idlakd.errors import InvalidRequest
 from idlakd.models import Limits
-from idlakd.store.sqlite import Store
+from idlakd.store.factory import Store
 
 #: What a limit flag takes besides a number: back to the configured default.
 DEFAULT_WORD: Final = "default"

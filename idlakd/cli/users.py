@@ -13,7 +13,7 @@ from idlakd.cli.database import with_accounts, with_store
 from idlakd.cli.errors import CommandError
 from idlakd.cli.quotas import add_quota_parsers
 from idlakd.config import Config
-from idlakd.store.sqlite import Store
+from idlakd.store.factory import Store
 
 
 def _missing(uid: str) -> CommandError:

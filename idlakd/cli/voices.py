@@ -12,7 +12,7 @@ from typing import Final
 from idlakd.cli.database import with_store
 from idlakd.cli.errors import CommandError
 from idlakd.config import Config
-from idlakd.store.sqlite import Store
+from idlakd.store.factory import Store
 from idlakd.voices.definitions import VoiceDefinitionError, voice_from_entry
 
 HEADER: Final = "ID\tNAME\tLANGUAGE\tACCENT\tGENDER\tENGINE\tDIRECTORY"

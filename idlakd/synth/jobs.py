@@ -23,7 +23,7 @@ from idlakd.config import Config
 from idlakd.errors import Busy, IdlakdError, StoreError
 from idlakd.models import Job, Voice
 from idlakd.store.jobs import PCM
-from idlakd.store.sqlite import Store
+from idlakd.store.factory import Store
 from idlakd.synth import wav
 from idlakd.synth.document import is_markup
 from idlakd.synth.formats import AUDIO_FORMATS

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from idlakd.accounts.passwords import Passwords
 from idlakd.accounts.quotas import Quotas
-from idlakd.accounts.tokens import load_or_create_secret
+from idlakd.accounts.tokens import load_secret
 from idlakd.accounts.users import ensure_first_admin, write_initial_password
 from idlakd.web.admin.pages import setup_admin
 from idlakd.web.auth import auth_middleware
@@ -27,7 +27,7 @@ from idlakd.web.ops.metrics import metrics_middleware, setup_metrics
 from idlakd.web.proxies import TrustedProxies, client_address_middleware
 from idlakd.web.routes import setup_routes
 from idlakd.web.runtime import Runtime
-from idlakd.store.sqlite import Store
+from idlakd.store.factory import open_store
 from idlakd.synth.jobs import JobRunner
 from idlakd.synth.synthesizer import Synthesizer
 from idlakd.accounts.throttle import LoginThrottle
@@ -47,12 +47,13 @@ async def passwords_ctx(app: web.Application) -> AsyncIterator[None]:
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the database and secret, create the first admin, load voiceconfig.json."""
     config = app[config_key]
-    app[secret_key] = await asyncio.to_thread(load_or_create_secret, config.secret_file)
-    store = Store(config.database)
+    store = open_store(config)
     await store.open()
     app[store_key] = store
     quotas = app[quotas_key] = Quotas.from_config(store, config)
     try:
+        # The secret file, or (PostgreSQL without one) the secret every node shares.
+        app[secret_key] = await load_secret(config.secret_file, store)
         await quotas.start()
         # Make the dummy hash now, so the first login of an unknown uid costs no more than later ones.
         await app[passwords_key].check("", None)

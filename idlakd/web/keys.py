@@ -19,7 +19,7 @@ from idlakd.accounts.tokens import TokenClaims
 from idlakd.config import Config
 from idlakd.errors import NotAuthenticated
 from idlakd.models import User
-from idlakd.store.sqlite import Store
+from idlakd.store.factory import Store
 from idlakd.synth.jobs import JobRunner
 from idlakd.synth.synthesizer import Synthesizer
 from idlakd.web.access import Access

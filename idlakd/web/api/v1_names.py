@@ -6,7 +6,7 @@ import functools
 
 from idlakd.config import Config
 from idlakd.models import Voice
-from idlakd.store.sqlite import Store
+from idlakd.store.factory import Store
 
 
 @functools.lru_cache(maxsize=8)
