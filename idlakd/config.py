@@ -143,8 +143,13 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "Empty: any directory."),
     Setting("cache_max_bytes", "int", "0",
             "Size bound of the on-disk audio cache in <state_dir>/cache; 0 disables it."),
+    Setting("drain_seconds", "float", "5",
+            "On SIGTERM, how long /readyz fails (503, draining) while the daemon still accepts "
+            "and serves new requests, so a load balancer takes it out first; then it stops "
+            "listening. 0: stop listening at once."),
     Setting("shutdown_grace_seconds", "float", "30",
-            "On SIGTERM, how long running requests may finish before workers stop."),
+            "On SIGTERM, once draining ends, how long running requests may finish before "
+            "workers stop."),
     Setting("metrics_local_only", "bool", "true", "Serve /metrics to loopback addresses only."),
     Setting("cookie_secure", "bool", "false",
             "Mark the admin session cookie Secure even when the request came over plain HTTP."),
@@ -276,6 +281,7 @@ class Config:
     idlak_root: Path | None
     voice_roots: str
     cache_max_bytes: int
+    drain_seconds: float
     shutdown_grace_seconds: float
     metrics_local_only: bool
     cookie_secure: bool

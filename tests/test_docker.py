@@ -188,5 +188,6 @@ async def test_health_check_passes_on_a_live_server_only(name: str,
 
 def test_compose_waits_longer_than_the_grace_period() -> None:
     grace = re.search(r"stop_grace_period:\s*(\d+)s", (REPO / "docker" / "compose.yaml").read_text())
-    default = next(float(s.default) for s in SETTINGS if s.name == "shutdown_grace_seconds")
+    default = sum(float(s.default) for s in SETTINGS
+                  if s.name in ("drain_seconds", "shutdown_grace_seconds"))
     assert grace and int(grace.group(1)) > default

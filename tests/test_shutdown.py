@@ -181,6 +181,82 @@ async def test_speech_and_readiness_answer_503_while_stopping(
     assert (await client.get("/healthz")).status == 200  # alive, just not ready
 
 
+async def test_while_draining_readiness_fails_and_speech_is_served(
+        client: TestClient[Any, Any], user_token: str) -> None:
+    client.app[runtime_key].draining = True
+    resp = await client.get("/readyz")
+    await assert_error(resp, 503, "Not ready: the server is draining before it shuts down")
+    assert resp.headers["Retry-After"] == "5"
+    resp = await client.post("/speech", headers=bearer(user_token),
+                             json={"voice_id": "alba", "text": "Hello."})
+    assert resp.status == 200 and (await resp.read())[:4] == b"RIFF"
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_sigterm_drains_then_stops_listening(tmp_path: Path) -> None:
+    """SIGTERM: /readyz fails at once, new requests are still served for drain_seconds, then
+    the daemon stops listening and the stream that was running finishes."""
+    daemon = start_daemon(tmp_path, drain_seconds="3")
+    try:
+        await wait_listening(daemon)
+        async with aiohttp.ClientSession() as session:
+            token = await login(session, daemon.url, "admin", daemon.admin_password())
+            async with session.post(daemon.url + "/speech", headers=bearer(token),
+                                    json={"voice_id": "slow", "text": FOUR_SENTENCES}) as resp:
+                assert resp.status == 200
+                first = await resp.content.readany()
+                daemon.signal(signal.SIGTERM)
+                signalled = time.monotonic()
+                # New connections, as a balancer that has not noticed yet would open them.
+                async with aiohttp.ClientSession() as fresh:
+                    while True:
+                        async with fresh.get(daemon.url + "/readyz") as probe:
+                            if probe.status == 503:
+                                assert "draining" in (await probe.json())["message"]
+                                break
+                        assert time.monotonic() - signalled < 1
+                        await asyncio.sleep(0.02)
+                    async with fresh.post(daemon.url + "/speech", headers=bearer(token),
+                                          json={"voice_id": "alba", "text": "Still here."}) as new:
+                        assert new.status == 200 and (await new.read())[:4] == b"RIFF"
+                    while True:
+                        try:
+                            async with fresh.get(daemon.url + "/healthz") as probe:
+                                await probe.read()
+                        except aiohttp.ClientConnectorError:
+                            break
+                        assert time.monotonic() - signalled < 6, "still accepting after draining"
+                        await asyncio.sleep(0.05)
+                stopped_listening = time.monotonic() - signalled
+                rest = await resp.read()
+        assert 2.9 < stopped_listening, "stopped listening before drain_seconds"
+        assert len(first + rest) == 44 + 4 * SLOW_CHUNK_BYTES, "the running stream finished"
+        assert await daemon.wait(timeout=30) == 0
+        assert "draining for 3 s" in daemon.log() and "Traceback" not in daemon.log()
+    finally:
+        daemon.kill()
+
+
+async def test_second_signal_cuts_draining_short(tmp_path: Path) -> None:
+    daemon = start_daemon(tmp_path, drain_seconds="60")
+    try:
+        await wait_listening(daemon)
+        daemon.signal(signal.SIGTERM)
+        async with aiohttp.ClientSession() as session:
+            while True:
+                async with session.get(daemon.url + "/readyz") as probe:
+                    if probe.status == 503:
+                        break
+                await asyncio.sleep(0.02)
+        daemon.signal(signal.SIGTERM)
+        start = time.monotonic()
+        assert await daemon.wait(timeout=20) == 0
+        assert time.monotonic() - start < 10
+        assert "draining cut short" in daemon.log()
+    finally:
+        daemon.kill()
+
+
 async def test_unusable_port_fails_start_with_one_line(tmp_path: Path) -> None:
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     try:

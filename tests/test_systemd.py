@@ -153,8 +153,10 @@ def test_unit_runs_the_real_command_and_waits_for_the_grace_period(tmp_path: Pat
     args = build_parser().parse_args(words)
     assert args.command == "serve"
     config = load_config(env={}, overrides={"state_dir": str(tmp_path)})
-    # The grace period, then stopping workers and ffmpeg: twice the grace leaves room for both.
-    assert int(service["TimeoutStopSec"]) > 2 * config.shutdown_grace_seconds
+    # Draining, the grace period, then stopping workers and ffmpeg: twice the grace leaves
+    # room for the last two.
+    assert int(service["TimeoutStopSec"]) > (config.drain_seconds
+                                             + 2 * config.shutdown_grace_seconds)
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")

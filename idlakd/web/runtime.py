@@ -1,4 +1,4 @@
-"""The daemon's live state that is not configuration: start time and the stopping flag."""
+"""The daemon's live state that is not configuration: start time, the draining and stopping flags."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ class Runtime:
     """Mutable process state, kept on the app (never in a module global)."""
 
     started_at: float = dataclasses.field(default_factory=time.time)
+    # SIGTERM received: /readyz fails so balancers move away, requests are still served.
+    draining: bool = False
+    # Draining over: no longer listening, new speech refused while running streams finish.
     stopping: bool = False
     version: str = __version__
 

@@ -1,4 +1,4 @@
-"""Run the daemon: start, listen, tell systemd, and on SIGTERM/SIGINT stop gracefully."""
+"""Run the daemon: start, listen, tell systemd, and on SIGTERM/SIGINT drain, then stop gracefully."""
 
 from __future__ import annotations
 
@@ -44,8 +44,15 @@ async def _abort_connections_after(runner: web.AppRunner, seconds: float) -> Non
             connection.transport.abort()
 
 
+async def _drain(cut_short: asyncio.Event, seconds: float) -> None:
+    """Keep serving (while /readyz fails) for seconds, or until cut_short is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(cut_short.wait(), seconds)
+
+
 async def run_daemon(config: Config) -> None:
-    """Serve until SIGTERM/SIGINT, then drain running requests within shutdown_grace_seconds."""
+    """Serve until SIGTERM/SIGINT; drain for drain_seconds, then let running requests finish
+    within shutdown_grace_seconds (docs/operations.md, Stopping)."""
     notifier = Notifier()
     for name in SYSTEMD_VARIABLES:
         os.environ.pop(name, None)
@@ -62,16 +69,21 @@ async def run_daemon(config: Config) -> None:
         shutdown_timeout=config.shutdown_grace_seconds)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    drained = asyncio.Event()  # a second signal ends draining early
 
     def on_signal(signum: signal.Signals) -> None:
-        """First signal: start the graceful stop; later ones only say it is under way."""
+        """First signal: start draining; a second ends draining; later ones only log."""
         if stop.is_set():
-            log.warning("%s received again; still finishing running requests", signum.name)
+            if not drained.is_set():
+                log.warning("%s received again: draining cut short", signum.name)
+                drained.set()
+            else:
+                log.warning("%s received again; still finishing running requests", signum.name)
             return
-        log.info("%s received: stopping (running requests get up to %g s)",
-                 signum.name, config.shutdown_grace_seconds)
-        # Set at once (on_shutdown sets it too, later): a /speech racing the signal gets 503.
-        app[runtime_key].stopping = True
+        log.info("%s received: draining for %g s (/readyz fails, requests still served), "
+                 "then running requests get up to %g s", signum.name, config.drain_seconds,
+                 config.shutdown_grace_seconds)
+        app[runtime_key].draining = True
         stop.set()
 
     for signum in STOP_SIGNALS:
@@ -89,8 +101,15 @@ async def run_daemon(config: Config) -> None:
                             f"MAINPID={os.getpid()}")
             watchdog = asyncio.create_task(notifier.watchdog(), name="systemd-watchdog")
             await stop.wait()
+            # Not ready, still serving: a balancer that has not yet probed /readyz since the
+            # signal may still send requests here, and they must not fail.
+            notifier.notify("STOPPING=1", "STATUS=Draining")
+            await _drain(drained, config.drain_seconds)
         notifier.notify("STOPPING=1", "STATUS=Finishing running requests")
     finally:
+        # Before listening stops (on_shutdown sets it too, later): a /speech arriving on a
+        # kept-alive connection from now on gets 503.
+        app[runtime_key].stopping = True
         deadline = asyncio.create_task(
             _abort_connections_after(runner, config.shutdown_grace_seconds))
         # Stops listening, runs on_shutdown, waits for running handlers, then the cleanup_ctx

@@ -127,18 +127,22 @@ class Daemon:
 
 
 def start_daemon(tmp_path: Path, env: dict[str, str] | None = None, new_session: bool = False,
-                 **settings: str) -> Daemon:
-    """Start `python -m idlakd serve` on a free port (in its own session if asked: a terminal's group)."""
+                 name: str = "daemon", **settings: str) -> Daemon:
+    """Start `python -m idlakd serve` on a free port (in its own session if asked: a terminal's group).
+
+    name: its output files (<name>.out, <name>.err in tmp_path), so several can share tmp_path.
+    """
     port = int(settings.pop("port", "0")) or free_port()
+    # No draining by default: a test that stops a daemon with SIGTERM need not wait for it.
     values = {"state_dir": str(tmp_path / "state"), "bcrypt_rounds": "4",
               "voice_config": str(write_voice_config(tmp_path / "voices")),
-              "workers_per_voice": "1", "shutdown_grace_seconds": "20"}
+              "workers_per_voice": "1", "shutdown_grace_seconds": "20", "drain_seconds": "0"}
     values.update(settings)
     argv = [sys.executable, "-m", "idlakd"]
     for key, value in values.items():
         argv += ["--set", f"{key}={value}"]
     argv += ["serve", "--host", "127.0.0.1", "--port", str(port)]
-    stdout, stderr = tmp_path / "daemon.out", tmp_path / "daemon.err"
+    stdout, stderr = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     child_env = {k: v for k, v in os.environ.items()
                  if not k.startswith("IDLAKD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     child_env.update(env or {})

@@ -30,8 +30,12 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """GET /readyz: 200 when the database reads and writes, voices load and synthesis works."""
     app = request.app
-    if app[runtime_key].stopping:
+    runtime = app[runtime_key]
+    if runtime.stopping:
         raise Busy("Not ready: the server is shutting down")
+    if runtime.draining:
+        # Fails first, while requests are still served: a balancer stops sending new ones here.
+        raise Busy("Not ready: the server is draining before it shuts down", retry_after=5)
     failures: list[str] = []
     voices: list[Voice] = []
     try:

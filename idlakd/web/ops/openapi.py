@@ -653,6 +653,7 @@ def build_spec() -> dict[str, Any]:
                                           "synthesis": STR})),
                 "503": _error("Not ready (the message lists why; see Retry-After)",
                               "Not ready: no voices loaded", "Not ready: database not writable",
+                              "Not ready: the server is draining before it shuts down",
                               "Not ready: the server is shutting down"),
             })},
         "/metrics": {"get": _op(
