@@ -39,6 +39,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "shared by several daemons. Empty: <state_dir>/idlakd.db."),
     Setting("database_pool_size", "int", "10",
             "PostgreSQL only: most connections this daemon (or command) opens to the database."),
+    Setting("change_check_seconds", "float", "5",
+            "PostgreSQL only: how often a daemon reads the store's change counters in case a "
+            "LISTEN/NOTIFY notification was lost (a dropped connection); changes normally "
+            "arrive at once (at least 0.1). A daemon on SQLite reads them every 0.5 s."),
     Setting("secret_file", "path", "",
             "File holding the JWT signing secret, created 0600 on first start. "
             "Empty: <state_dir>/secret.key with SQLite; with PostgreSQL the secret is kept in "
@@ -110,6 +114,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "while they hold this much; 0: no limit."),
     Setting("job_retention_hours", "float", "168",
             "Hours a finished, failed or cancelled job and its audio are kept before deletion."),
+    Setting("job_claim_timeout_seconds", "float", "60",
+            "A running job whose daemon has not written its heartbeat (every sixth of this) "
+            "for this long is taken over by another daemon (or this one after a restart); at "
+            "least 1."),
     Setting("max_api_keys_per_user", "int", "100", "Most API keys one user may hold."),
     Setting("openai_models", "str", "tts-1,tts-1-hd,gpt-4o-mini-tts",
             "Model names /v1/audio/speech accepts (comma-separated); every one speaks with the "
@@ -237,6 +245,7 @@ class Config:
     state_dir: Path
     database: Path | DatabaseUrl
     database_pool_size: int
+    change_check_seconds: float
     secret_file: Path | None  # None: kept in the (PostgreSQL) database
     token_expiration_minutes: int
     authorization: bool
@@ -267,6 +276,7 @@ class Config:
     jobs_per_user: int
     job_max_result_bytes_per_user: int
     job_retention_hours: float
+    job_claim_timeout_seconds: float
     max_api_keys_per_user: int
     openai_models: str
     openai_voices: str
@@ -370,6 +380,10 @@ def load_config(
                  "stream_idle_seconds"):
         if values[name] <= 0:
             raise ConfigError(f"setting '{name}': must be more than 0")
+    # Below these, the heartbeats and counter reads would become a load on the database.
+    for name, least in (("change_check_seconds", 0.1), ("job_claim_timeout_seconds", 1.0)):
+        if values[name] < least:
+            raise ConfigError(f"setting '{name}': {raw[name]!r} must be at least {least:g}")
     if values["max_break_share"] > 1:
         raise ConfigError("setting 'max_break_share': must be from 0 to 1")
     if values["synthesis_timeout_seconds"] <= 0:

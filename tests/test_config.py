@@ -44,6 +44,8 @@ def test_precedence_file_env_override(tmp_path: Path) -> None:
     ("token_expiration_minutes", "0", "'token_expiration_minutes'"),
     ("synthesis_timeout_seconds", "-1", "'synthesis_timeout_seconds'"),
     ("bcrypt_rounds", "2", "'bcrypt_rounds'"),
+    ("change_check_seconds", "0.01", "'change_check_seconds'.*at least 0.1"),
+    ("job_claim_timeout_seconds", "0.5", "'job_claim_timeout_seconds'.*at least 1"),
 ])
 def test_bad_values_name_the_key(key: str, value: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):

@@ -22,10 +22,12 @@ async def verify_login(throttle: LoginThrottle, store: Store, passwords: Passwor
     A correct password makes the address known for uid.
     """
     state = await store.login_state(uid, address)
-    async with throttle.attempt(uid, address, state.known_address, state.unlocked_at):
+    async with throttle.attempt(store, uid, address, state.known_address, state.unlocked_at):
         if not await passwords.check(password, state.password_hash, key=address):
-            throttle.failed(uid, address, state.known_address)
+            # Counted in the store before the answer: a failure the store did not take
+            # (busy: 503) is never answered as a mere wrong password.
+            await throttle.failed(store, uid, address, state.known_address)
             raise NotAuthenticated(LOGIN_INCORRECT)
-        throttle.succeeded(uid, address, state.known_address)
+        await throttle.succeeded(store, uid, address, state.known_address)
     if not state.known_address:
         await store.remember_login_address(uid, address)

@@ -1,8 +1,11 @@
 """Throttling of logins per uid, per client address, and per known (uid, address) pair.
 
-Sliding windows in memory, per daemon; an unlock written to the store (users.unlocked_at, by
-`idlakd user unlock`, the admin page or a password reset) is applied on each check, so it
-reaches every daemon without a restart.
+Failed logins are counted in the store, so every daemon on one database counts the same
+failures (N failures spread over two nodes lock a uid as N on one node would); an unlock
+written to the store (users.unlocked_at, by `idlakd user unlock`, the admin page or a password
+reset) forgives the failures before it on every daemon at once. What protects a node itself
+stays in its memory: the attempts per address (every password check, right or wrong, costs
+this node's bcrypt threads) and the checks still running.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from typing import AsyncIterator, Callable, Deque, Final
 
 from idlakd.errors import RateLimited
+from idlakd.store.factory import Store
 
 THROTTLED: Final = "Too many failed login attempts, try again later"
 TOO_MANY_ATTEMPTS: Final = "Too many login attempts from this address, try again later"
@@ -79,9 +83,10 @@ class SlidingWindows:
 class LoginThrottle:
     """Refuses a uid or address that failed too often, and an address that tried too often.
 
-    Failures count per uid and per address; every attempt that reaches a password check, right
-    or wrong, also counts against its address, so a flood of guesses with random uids runs out
-    of budget even though no single uid fails often.
+    Failures count per uid and per address (in the store); every attempt that reaches a
+    password check, right or wrong, also counts against its address (in this node's memory),
+    so a flood of guesses with random uids runs out of budget even though no single uid fails
+    often.
 
     A client address that has logged in as a uid before (a *known* address, remembered by the
     store) has its own failure window on that uid (the pair's, `max_per_uid` failures) instead
@@ -97,18 +102,14 @@ class LoginThrottle:
         self.max_per_address = max_per_address
         self.max_attempts_per_address = max_attempts_per_address
         self.window = window_seconds
-        # Wall-clock time (not monotonic): failures are compared with unlock instants that
-        # other processes write to the store.
+        # Wall-clock time (not monotonic): failures are compared with unlock instants and
+        # failure times that other processes write to the store.
         self.clock = clock
-        self._failures = SlidingWindows(window_seconds, max(max_per_uid, max_per_address))
         self._attempts = SlidingWindows(window_seconds, max_attempts_per_address or 1)
-        # Password checks still running, per limited key; and one lock per uid (or pair) tried.
+        # Password checks still running here, per limited key; and one lock per uid (or pair)
+        # tried: on one node, parallel guesses at one uid are checked one after the other.
         self._pending: collections.Counter[str] = collections.Counter()
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    def _retry_after(self, times: Deque[float], now: float) -> int:
-        """Seconds until the oldest counted event leaves the window."""
-        return math.ceil(times[0] + self.window - now) if times else 1
 
     def _limits(self, uid: str, address: str, known: bool) -> tuple[tuple[str, int, bool], ...]:
         """(key, failure limit, forgiven by an unlock of uid) of one attempt."""
@@ -116,33 +117,37 @@ class LoginThrottle:
         return ((account, self.max_per_uid, True),
                 (f"addr:{address}", self.max_per_address, False))
 
-    def check(self, uid: str, address: str, known: bool = False,
-              unlocked_at: float = 0.0) -> None:
+    async def check(self, store: Store, uid: str, address: str, known: bool = False,
+                    unlocked_at: float = 0.0) -> None:
         """Raise RateLimited (with Retry-After) when the attempt is over a limit.
 
-        Failures of uid up to unlocked_at (wall-clock seconds) are forgiven first.
+        Failures of uid up to unlocked_at (wall-clock seconds) are forgiven.
         """
         now = self.clock()
-        for key, limit, forgiven in self._limits(uid, address, known):
-            if forgiven:
-                self._failures.forget_until(key, unlocked_at)
-            times = self._failures.recent(key, now)
-            if len(times) + self._pending[key] >= limit:
-                raise RateLimited(THROTTLED, retry_after=self._retry_after(times, now))
+        start = now - self.window
+        limits = self._limits(uid, address, known)
+        counts = await store.login_failures(
+            {key: max(start, unlocked_at) if forgiven else start for key, _, forgiven in limits})
+        for key, limit, _ in limits:
+            found = counts.get(key)
+            if (found.count if found else 0) + self._pending[key] >= limit:
+                wait = math.ceil(found.oldest + self.window - now) if found else 1
+                raise RateLimited(THROTTLED, retry_after=max(1, wait))
         if self.max_attempts_per_address is not None:
             times = self._attempts.recent(f"addr:{address}", now)
             if len(times) >= self.max_attempts_per_address:
                 raise RateLimited(TOO_MANY_ATTEMPTS,
-                                  retry_after=self._retry_after(times, now))
+                                  retry_after=math.ceil(times[0] + self.window - now))
 
     @contextlib.asynccontextmanager
-    async def attempt(self, uid: str, address: str, known: bool = False,
+    async def attempt(self, store: Store, uid: str, address: str, known: bool = False,
                       unlocked_at: float = 0.0) -> AsyncIterator[None]:
         """Check, count the attempt, then hold it while its password is checked.
 
-        Attempts on one uid (from a known address: on one pair) run one at a time, so parallel
-        guesses cannot all pass check() before the first failure is counted; attempts still
-        running count against their keys.
+        Attempts on one uid (from a known address: on one pair) run one at a time on this
+        node, so parallel guesses cannot all pass check() before the first failure is counted;
+        attempts still running count against their keys. (Across nodes, each node has at most
+        one check of a uid running at a time.)
         """
         lock_key = f"{address} {uid}" if known else uid
         lock, holders = self._locks.get(lock_key, (None, 0))
@@ -150,7 +155,7 @@ class LoginThrottle:
         self._locks[lock_key] = (lock, holders + 1)
         try:
             async with lock:
-                self.check(uid, address, known, unlocked_at)
+                await self.check(store, uid, address, known, unlocked_at)
                 self._attempts.add(f"addr:{address}", self.clock())
                 keys = [key for key, _, _ in self._limits(uid, address, known)]
                 for key in keys:
@@ -169,15 +174,15 @@ class LoginThrottle:
             else:
                 self._locks[lock_key] = (lock, holders - 1)
 
-    def failed(self, uid: str, address: str, known: bool = False) -> None:
-        """Record one failed login."""
+    async def failed(self, store: Store, uid: str, address: str, known: bool = False) -> None:
+        """Record one failed login (and forget the failures that left the window)."""
         now = self.clock()
-        for key, _, _ in self._limits(uid, address, known):
-            self._failures.add(key, now)
+        await store.add_login_failure([key for key, _, _ in self._limits(uid, address, known)],
+                                      now, now - self.window)
 
-    def succeeded(self, uid: str, address: str, known: bool = False) -> None:
+    async def succeeded(self, store: Store, uid: str, address: str, known: bool = False) -> None:
         """A correct login clears the failures of the window it was checked against: the uid's,
         or (from a known address) only the pair's, so the owner's logins never reset an
         attacker's count elsewhere. The address keeps its count."""
         account, _, _ = self._limits(uid, address, known)[0]
-        self._failures.clear(account)
+        await store.clear_login_failures(account)

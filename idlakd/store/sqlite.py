@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from idlakd.errors import DatabaseBusy, DatabaseUnwritable, StoreError
 from idlakd.models import ApiKey, Limits, SynthesisCharge, Usage, User, Voice
 from idlakd.store.jobs import JOBS_MIGRATION, JobTables, delete_jobs_of
+from idlakd.store.shared import SHARED_MIGRATION, SharedTables, statements
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """,
     # Jobs for long texts, and their audio in parts (idlakd.store.jobs).
     JOBS_MIGRATION,
+    # Login failures counted by every daemon of the file, and the voices' change counter.
+    SHARED_MIGRATION,
 )
 
 _KEY_COLUMNS: Final = "k.id, k.uid, k.name, k.prefix, k.created_at, k.last_used_at, k.expires_at"
@@ -244,7 +247,7 @@ async def _read_usage(db: aiosqlite.Connection, uid: str, day: str, minute: int,
                  audio_seconds=row[2] or 0.0, minute_characters=row[3] or 0, running=row[4])
 
 
-class Store(JobTables):
+class Store(JobTables, SharedTables):
     """The daemon's (and the CLI's) only door to the database file."""
 
     def __init__(self, path: Path) -> None:
@@ -366,9 +369,8 @@ class Store(JobTables):
                     f"idlakd ({len(MIGRATIONS)}); upgrade idlakd")
             for number in range(version, len(MIGRATIONS)):
                 log.info("Migrating database schema to version %d", number + 1)
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        await db.execute(statement)
+                for statement in statements(MIGRATIONS[number]):
+                    await db.execute(statement)
             # PRAGMA takes no parameters; the value is our own integer.
             await db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
 

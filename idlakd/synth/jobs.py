@@ -41,10 +41,9 @@ log = logging.getLogger(__name__)
 GROUP_CHARS: Final = 1000
 #: Size of each stored part of a job's PCM and result.
 PART_BYTES: Final = 1 << 20
-#: A running job's heartbeat: how often its runner says it still works on it...
-HEARTBEAT_SECONDS: Final = 10.0
-#: ...and how old a heartbeat may be before another runner takes the job over.
-STALE_SECONDS: Final = 60.0
+#: A running job's heartbeat (how often its runner says it still works on it) comes this
+#: many times within job_claim_timeout_seconds: a slow write or two never loses the job.
+HEARTBEATS_PER_TIMEOUT: Final = 6
 #: How often an idle runner looks for jobs it was not told about (another daemon's, stale ones).
 POLL_SECONDS: Final = 5.0
 #: How often finished jobs past job_retention_hours are deleted.
@@ -186,8 +185,9 @@ class JobRunner:
         while True:
             self._wake.clear()
             try:
-                job = await self._store.claim_job(self.owner, time.time() - STALE_SECONDS,
-                                                  time.time())
+                job = await self._store.claim_job(
+                    self.owner, time.time() - self._config.job_claim_timeout_seconds,
+                    time.time())
             except StoreError as exc:
                 log.warning("Could not look for jobs: %s", exc)
                 job = None
@@ -214,9 +214,10 @@ class JobRunner:
         """Work on a claimed job, beating its heartbeat; stop when it is no longer ours."""
         work = asyncio.create_task(self._work(job), name=f"job-{job.id[:6]}")
         self._working[job.id] = work
+        beat = self._config.job_claim_timeout_seconds / HEARTBEATS_PER_TIMEOUT
         try:
             while not work.done():
-                done, _ = await asyncio.wait([work], timeout=HEARTBEAT_SECONDS)
+                done, _ = await asyncio.wait([work], timeout=beat)
                 if not done and not await self._store.heartbeat_job(job.id, self.owner,
                                                                      time.time()):
                     work.cancel()

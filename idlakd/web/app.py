@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import sqlite3
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -19,7 +17,6 @@ from idlakd.web.auth import auth_middleware
 from idlakd.web.guard import guard_middleware
 from idlakd.config import Config
 from idlakd.web.connections import body_deadline_middleware
-from idlakd.errors import StoreError
 from idlakd.web.http import error_middleware, on_response_prepare
 from idlakd.web.keys import (config_key, jobs_key, passwords_key, quotas_key, runtime_key,
                              secret_key, store_key, synth_key, throttle_key)
@@ -27,15 +24,15 @@ from idlakd.web.ops.metrics import metrics_middleware, setup_metrics
 from idlakd.web.proxies import TrustedProxies, client_address_middleware
 from idlakd.web.routes import setup_routes
 from idlakd.web.runtime import Runtime
+from idlakd.store.changes import ChangeWatcher
 from idlakd.store.factory import open_store
+from idlakd.store.shared import VOICES
 from idlakd.synth.jobs import JobRunner
 from idlakd.synth.synthesizer import Synthesizer
 from idlakd.accounts.throttle import LoginThrottle
 from idlakd.voices.definitions import load_voice_config
 
 log = logging.getLogger(__name__)
-
-VOICE_SYNC_SECONDS = 30
 
 
 async def passwords_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -89,28 +86,29 @@ async def retire_stale_pools(app: web.Application) -> None:
     app[synth_key].sync_voices({v.id: v.version for v in voices})
 
 
-async def _retire_stale_pools_forever(app: web.Application) -> None:
-    """Every VOICE_SYNC_SECONDS; a changed voice is also noticed on its next request."""
-    while True:
-        await asyncio.sleep(VOICE_SYNC_SECONDS)
-        try:
-            await retire_stale_pools(app)
-        except (StoreError, sqlite3.Error) as exc:  # the database is busy: try next time
-            log.warning("Could not check voices for removed ones: %s", exc)
-
-
 async def synth_ctx(app: web.Application) -> AsyncIterator[None]:
     """Start the synthesizer after storage; stop every worker before storage closes."""
     service = app[synth_key]
     await service.start()
-    sync = asyncio.create_task(_retire_stale_pools_forever(app))
     try:
         yield
     finally:
-        sync.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sync
         await service.close()
+
+
+async def changes_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Act on what other nodes and the CLI change: a removed or changed voice's workers stop.
+
+    Only the voices have a per-node copy (the synthesizer's pools); users, tokens, keys,
+    passwords, limits and login failures are read from the store on every request.
+    """
+    watcher = ChangeWatcher(app[store_key], app[config_key].change_check_seconds)
+    watcher.subscribe(VOICES, lambda: retire_stale_pools(app))
+    await watcher.start()
+    try:
+        yield
+    finally:
+        await watcher.close()
 
 
 async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -162,5 +160,6 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(passwords_ctx)
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(synth_ctx)
+    app.cleanup_ctx.append(changes_ctx)
     app.cleanup_ctx.append(jobs_ctx)
     return app
