@@ -117,7 +117,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = state / "idlakd.log"
     command = [sys.executable, "-m", "idlakd", "--set", f"state_dir={state}",
                "--set", "bcrypt_rounds=4", "--set", f"voice_config={REPO / 'voiceconfig.json'}",
-               "--set", f"log_file={log}", "serve", "--host", "127.0.0.1", "--port", str(port)]
+               "--set", f"log_file={log}", "--set", "drain_seconds=0",
+               "serve", "--host", "127.0.0.1", "--port", str(port)]
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     process = subprocess.Popen(command, cwd=state, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)

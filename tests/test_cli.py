@@ -117,7 +117,8 @@ async def test_serve_first_start_prints_admin_once_and_stops_cleanly(tmp_path: P
     port = _free_port()
     log_file = tmp_path / "idlakd.log"
     env = os.environ | {"IDLAKD_STATE_DIR": str(tmp_path / "state"), "IDLAKD_PORT": str(port),
-                        "IDLAKD_BCRYPT_ROUNDS": "4", "IDLAKD_LOG_FILE": str(log_file)}
+                        "IDLAKD_BCRYPT_ROUNDS": "4", "IDLAKD_LOG_FILE": str(log_file),
+                        "IDLAKD_DRAIN_SECONDS": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "idlakd", "serve"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:

@@ -29,6 +29,9 @@ from tests.helpers.daemon import login as daemon_login
 from idlakd.store import sqlite as store_module
 from tests.helpers.app import REPO, assert_error, bearer, login, make_config
 
+# Whole daemons under signals and faults: the scenario group (README's second pytest run).
+pytestmark = pytest.mark.scenario
+
 STANDIN_ROOT = REPO / "tests" / "pyidlak_standin"
 
 

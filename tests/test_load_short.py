@@ -5,6 +5,7 @@ The full run (200 clients, 60 s) is `python bench/load.py`; see bench/RESULTS-ap
 
 from __future__ import annotations
 
+import pytest
 import importlib.util
 import sys
 import tempfile
@@ -13,6 +14,9 @@ from pathlib import Path
 from types import ModuleType
 
 from tests.helpers.app import REPO
+
+# Whole daemons under signals and faults: the scenario group (README's second pytest run).
+pytestmark = pytest.mark.scenario
 
 
 def _load_module() -> ModuleType:

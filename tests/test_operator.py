@@ -245,7 +245,7 @@ async def test_serve_takes_set_after_the_command(tmp_path: Path) -> None:
     with open(tmp_path / "serve.err", "wb") as err:
         process = subprocess.Popen(
             [sys.executable, "-m", "idlakd", "serve", "--set", f"state_dir={tmp_path / 's2'}",
-             "--set", "bcrypt_rounds=4", "--set", f"port={port}",
+             "--set", "bcrypt_rounds=4", "--set", f"port={port}", "--set", "drain_seconds=0",
              "--set", f"voice_config={voices}"],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
     served = Daemon(process, port, tmp_path / "serve.out", tmp_path / "serve.err")

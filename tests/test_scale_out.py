@@ -21,6 +21,7 @@ from tests.helpers.cluster import Cluster, shared_store_settings
 from tests.helpers.daemon import REPO, SLOW_CHUNK_BYTES, login
 from tests.helpers.haproxy import (DOCUMENTED_ONLY, HAPROXY, TEST_ONLY, Balancer, directives,
                                    haproxy_config, start_haproxy)
+from tests.helpers.postgres import PostgresServer
 from idlakd.config import SETTINGS
 
 pytestmark = [
@@ -36,10 +37,11 @@ OTHER_CLIENT = "127.0.0.3"
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    """Nodes a and b on one store, believing X-Forwarded-For from loopback's HAProxy only."""
+async def cluster(tmp_path: Path, postgres_server: PostgresServer) -> AsyncIterator[Cluster]:
+    """Nodes a and b on one PostgreSQL, believing X-Forwarded-For from loopback's HAProxy only."""
     nodes = Cluster(tmp_path, shared_store_settings(
-        tmp_path, trusted_proxies="127.0.0.1", drain_seconds=str(DRAIN_SECONDS),
+        tmp_path, database=await postgres_server.create_database(),
+        trusted_proxies="127.0.0.1", drain_seconds=str(DRAIN_SECONDS),
         login_max_failures_per_address="3",
         # One user runs the whole load; a killed node's running syntheses would count against
         # it until that node starts again (accounts/quotas.py), which is not what is tested here.

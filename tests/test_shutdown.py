@@ -18,6 +18,9 @@ from tests.helpers.daemon import SLOW_CHUNK_BYTES, login, start_daemon, wait_lis
 
 from idlakd.web.keys import runtime_key
 
+# Whole daemons under signals and faults: the scenario group (README's second pytest run).
+pytestmark = pytest.mark.scenario
+
 FOUR_SENTENCES = ("First sentence here. Second sentence here. Third sentence here. "
                   "Fourth one here.")
 

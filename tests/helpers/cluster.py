@@ -55,8 +55,9 @@ class Cluster:
 
 def shared_store_settings(root: Path, **settings: str) -> dict[str, str]:
     """The settings every node gets: the shared store, then the test's own."""
-    # One state_dir: the SQLite database (WAL) and the token secret file are the same files
-    # for every node. For PostgreSQL add database=postgresql://... here.
+    # One state_dir: without a database setting the SQLite database (WAL) and the token
+    # secret file are the same files for every node; with database=postgresql://... the
+    # store (and the secret in it) is the shared one.
     values = {"state_dir": str(root / "state"), "workers_per_voice": "2"}
     values.update(settings)
     return values
