@@ -44,7 +44,7 @@ async def cluster(tmp_path: Path, postgres_server: PostgresServer) -> AsyncItera
         trusted_proxies="127.0.0.1", drain_seconds=str(DRAIN_SECONDS),
         login_max_failures_per_address="3",
         # One user runs the whole load; a killed node's running syntheses would count against
-        # it until that node starts again (accounts/quotas.py), which is not what is tested here.
+        # it for seconds (until its heartbeats are missed), which is not what is tested here.
         quota_concurrent="0"))
     try:
         await nodes.start_all(NODES)

@@ -5,6 +5,9 @@ the current UTC minute and the current UTC day; a request over a limit is refuse
 seconds until its window ends. Syntheses at once are rows of the store, one per running
 stream, named after the daemon that runs it: a daemon removes its own rows when it starts
 (those a crash left), and a row older than the longest honest synthesis is not counted.
+Each daemon also writes a heartbeat every HEARTBEAT_SECONDS; the rows of a daemon silent for
+DEAD_AFTER_HEARTBEATS of them (killed, its host gone) are removed by the next live one, so a
+user's syntheses at once are free again within seconds, not after the longest synthesis.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ BAD_LIMIT: Final = (f"Must be null (the configured default) or a whole number fr
 QUOTA_CODE: Final = "quota_exceeded"
 #: Retry-After of a refusal for syntheses at once: when one ends is not known.
 CONCURRENT_RETRY_SECONDS: Final = 1
+#: How often a daemon says it is alive.
+HEARTBEAT_SECONDS: Final = 2.0
+#: A daemon silent this many heartbeats is dead: its running syntheses stop counting.
+DEAD_AFTER_HEARTBEATS: Final = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +122,7 @@ class Quotas:
         self._stale_seconds = stale_seconds
         self.daemon = daemon
         self._finishing: set[asyncio.Task[None]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(cls, store: Store, config: Config) -> "Quotas":
@@ -125,13 +133,39 @@ class Quotas:
         return cls(store, defaults, stale, f"{socket.gethostname()}:{config.port}")
 
     async def start(self) -> None:
-        """Forget the running syntheses an earlier run of this daemon left (it crashed)."""
+        """Forget the running syntheses an earlier run of this daemon left (it crashed), say
+        this daemon is alive, and keep saying it until close()."""
         left = await self._store.forget_running(self.daemon)
         if left:
             log.info("Forgot %d syntheses a previous run of this daemon left running", left)
+        await self._beat()
+        self._heartbeat = asyncio.create_task(self._beat_forever())
+
+    async def _beat(self) -> None:
+        """One heartbeat: this daemon is alive; the syntheses of dead ones go."""
+        now = time.time()
+        gone = await self._store.daemon_seen(
+            self.daemon, now, now - DEAD_AFTER_HEARTBEATS * HEARTBEAT_SECONDS)
+        if gone:
+            log.info("Forgot %d running syntheses of daemons silent for %g s", gone,
+                     DEAD_AFTER_HEARTBEATS * HEARTBEAT_SECONDS)
+
+    async def _beat_forever(self) -> None:
+        """A heartbeat every HEARTBEAT_SECONDS; a failed one is logged (the next may work)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self._beat()
+            except StoreError as exc:
+                log.warning("Could not write this daemon's heartbeat: %s", exc)
 
     async def close(self) -> None:
-        """Wait for the usage records still being written (before the store closes)."""
+        """Stop the heartbeat; wait for the usage records still being written (before the
+        store closes)."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
         while self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
 

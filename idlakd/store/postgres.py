@@ -15,6 +15,7 @@ import asyncpg
 from idlakd.config import DatabaseUrl
 from idlakd.errors import DatabaseBusy, DatabaseUnwritable, StoreError
 from idlakd.models import ApiKey, Limits, SynthesisCharge, Usage, User, Voice
+from idlakd.store.postgres_daemons import POSTGRES_DAEMONS_MIGRATION, PostgresDaemonTables
 from idlakd.store.postgres_jobs import JOBS_MIGRATION, PostgresJobTables, affected
 from idlakd.store.postgres_shared import POSTGRES_SHARED_MIGRATION, PostgresSharedTables
 from idlakd.store.sqlite import (LIMIT_FIELDS, MAX_LOGIN_ADDRESSES, WRITE_PROBE_SECONDS,
@@ -121,6 +122,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """,
     JOBS_MIGRATION,
     POSTGRES_SHARED_MIGRATION,
+    POSTGRES_DAEMONS_MIGRATION,
 )
 
 _KEY_COLUMNS: Final = "k.id, k.uid, k.name, k.prefix, k.created_at, k.last_used_at, k.expires_at"
@@ -186,7 +188,7 @@ async def _count(db: asyncpg.Connection, uid: str, day: str, minute: int, charac
     await db.execute("DELETE FROM usage_minutes WHERE minute < $1", minute - 1)
 
 
-class PostgresStore(PostgresJobTables, PostgresSharedTables):
+class PostgresStore(PostgresJobTables, PostgresSharedTables, PostgresDaemonTables):
     """The store in a PostgreSQL database: every daemon sharing it sees the same state."""
 
     def __init__(self, url: DatabaseUrl, pool_size: int = 10) -> None:

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 
 from idlakd.errors import DatabaseBusy, DatabaseUnwritable, StoreError
 from idlakd.models import ApiKey, Limits, SynthesisCharge, Usage, User, Voice
+from idlakd.store.daemons import DAEMONS_MIGRATION, DaemonTables
 from idlakd.store.jobs import JOBS_MIGRATION, JobTables, delete_jobs_of
 from idlakd.store.shared import SHARED_MIGRATION, SharedTables, statements
 
@@ -122,6 +123,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     JOBS_MIGRATION,
     # Login failures counted by every daemon of the file, and the voices' change counter.
     SHARED_MIGRATION,
+    # Daemon heartbeats: a killed daemon's running syntheses stop counting within seconds.
+    DAEMONS_MIGRATION,
 )
 
 _KEY_COLUMNS: Final = "k.id, k.uid, k.name, k.prefix, k.created_at, k.last_used_at, k.expires_at"
@@ -247,7 +250,7 @@ async def _read_usage(db: aiosqlite.Connection, uid: str, day: str, minute: int,
                  audio_seconds=row[2] or 0.0, minute_characters=row[3] or 0, running=row[4])
 
 
-class Store(JobTables, SharedTables):
+class Store(JobTables, SharedTables, DaemonTables):
     """The daemon's (and the CLI's) only door to the database file."""
 
     def __init__(self, path: Path) -> None:
