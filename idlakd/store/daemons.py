@@ -4,7 +4,7 @@ syntheses of a daemon not heard from for a while (killed, its host gone) stop co
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from typing import Final
+from typing import Callable, Final
 
 import aiosqlite
 
@@ -22,9 +22,8 @@ DAEMONS_MIGRATION: Final = """
 class DaemonTables:
     """Daemon heartbeats (a mixin: the Store gives _write)."""
 
-    def _write(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
-        """A write transaction (the Store's)."""
-        raise NotImplementedError
+    # Given by the Store this mixes into: a write transaction.
+    _write: Callable[[], AbstractAsyncContextManager[aiosqlite.Connection]]
 
     async def daemon_seen(self, daemon: str, at: float, dead_before: float) -> int:
         """Record daemon alive at `at`; forget daemons last seen before dead_before and their

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final, Sequence
+from typing import Any, Callable, Final, Sequence
 
 import aiosqlite
 
@@ -96,14 +96,9 @@ async def delete_jobs_of(db: aiosqlite.Connection, uid: str) -> None:
 class JobTables:
     """The job methods of the Store (a mixin: the Store gives _write and reader)."""
 
-    @property
-    def reader(self) -> aiosqlite.Connection:
-        """The read-only connection (the Store's)."""
-        raise NotImplementedError
-
-    def _write(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
-        """A write transaction (the Store's)."""
-        raise NotImplementedError
+    # Given by the Store this mixes into: the read-only connection, a write transaction.
+    reader: aiosqlite.Connection
+    _write: Callable[[], AbstractAsyncContextManager[aiosqlite.Connection]]
 
     async def _exists(self, where: str, params: tuple[Any, ...]) -> bool:
         """Whether a job matches where (a read: no write lock taken)."""

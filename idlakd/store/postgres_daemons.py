@@ -4,7 +4,7 @@ syntheses of a node not heard from for a while (killed, its host gone) stop coun
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from typing import Final
+from typing import Callable, Final
 
 import asyncpg
 
@@ -24,9 +24,8 @@ POSTGRES_DAEMONS_MIGRATION: Final = """
 class PostgresDaemonTables:
     """Daemon heartbeats (a mixin: the store gives _write)."""
 
-    def _write(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
-        """A write transaction (the store's)."""
-        raise NotImplementedError
+    # Given by the store this mixes into: a write transaction.
+    _write: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
 
     async def daemon_seen(self, daemon: str, at: float, dead_before: float) -> int:
         """Record daemon alive at `at`; forget daemons last seen before dead_before and their

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final, Sequence
+from typing import Any, Awaitable, Callable, Final, Sequence
 
 import asyncpg
 
@@ -77,17 +77,10 @@ def _job(row: Sequence[Any]) -> Job:
 class PostgresJobTables:
     """The job methods of the PostgreSQL store (a mixin: the store gives _write and _fetch)."""
 
-    def _write(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
-        """A write transaction (the store's)."""
-        raise NotImplementedError
-
-    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        """Rows of one read (the store's)."""
-        raise NotImplementedError
-
-    async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
-        """The first row of one read (the store's)."""
-        raise NotImplementedError
+    # Given by the store this mixes into: a write transaction, the rows (or first row) of a read.
+    _write: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
+    _fetch: Callable[..., Awaitable[list[asyncpg.Record]]]
+    _fetchrow: Callable[..., Awaitable[asyncpg.Record | None]]
 
     async def create_job(self, job: Job, text: str, max_active: int,
                          max_stored_bytes: int) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Callable, Final, Iterable, Mapping
+from typing import Any, Awaitable, Callable, Final, Iterable, Mapping
 
 import asyncpg
 
@@ -52,13 +52,9 @@ class PostgresSharedTables:
 
     url: DatabaseUrl
 
-    def _write(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
-        """A write transaction (the store's)."""
-        raise NotImplementedError
-
-    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        """Rows of one read (the store's)."""
-        raise NotImplementedError
+    # Given by the store this mixes into: a write transaction, the rows of one read.
+    _write: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
+    _fetch: Callable[..., Awaitable[list[asyncpg.Record]]]
 
     async def change_versions(self) -> dict[str, int]:
         """How often each topic has changed (a counter per topic, raised by the database)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 from contextlib import AbstractAsyncContextManager
-from typing import Final, Iterable, Mapping
+from typing import Callable, Final, Iterable, Mapping
 
 import aiosqlite
 
@@ -64,14 +64,9 @@ class FailureCount:
 class SharedTables:
     """Login failures and change counters (a mixin: the Store gives _write and reader)."""
 
-    @property
-    def reader(self) -> aiosqlite.Connection:
-        """The read-only connection (the Store's)."""
-        raise NotImplementedError
-
-    def _write(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
-        """A write transaction (the Store's)."""
-        raise NotImplementedError
+    # Given by the Store this mixes into: the read-only connection, a write transaction.
+    reader: aiosqlite.Connection
+    _write: Callable[[], AbstractAsyncContextManager[aiosqlite.Connection]]
 
     async def change_versions(self) -> dict[str, int]:
         """How often each topic has changed (a counter per topic, raised by the database)."""
