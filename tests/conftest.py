@@ -1,4 +1,5 @@
-"""Shared fixtures: a real app on a real SQLite file in a tmp dir, and the error-shape check."""
+"""Shared fixtures: a real app on a real SQLite file in a tmp dir (or a PostgreSQL database
+with --store=postgresql), and the error-shape check."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from aiohttp.test_utils import TestClient
 from idlakd.web.app import create_app
 from idlakd.config import Config, DatabaseUrl
 from tests.helpers.app import ClientFactory, bearer, login, make_config
-from tests.helpers.postgres import PostgresServer, running_postgres
+from tests.helpers.postgres import PostgresServer, running_postgres, use_for_suite
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """--store=postgresql: the whole suite's apps and daemons on PostgreSQL, not SQLite."""
+    parser.addoption("--store", choices=["sqlite", "postgresql"], default="sqlite",
+                     help="the store of every config the tests make (default sqlite)")
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +28,27 @@ def postgres_server() -> Iterator[PostgresServer]:
     """One throwaway PostgreSQL server for the whole session (started on first use)."""
     with running_postgres() as server:
         yield server
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --store=postgresql, skip the tests of SQLite's own files (their reason says which)."""
+    if config.getoption("--store") != "postgresql":
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None:
+            why = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {why}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def suite_store(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The --store of this run; with postgresql every config gets a fresh database."""
+    kind = str(request.config.getoption("--store"))
+    if kind == "postgresql":
+        use_for_suite(request.getfixturevalue("postgres_server"))
+    yield kind
+    use_for_suite(None)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -33,23 +61,24 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> Path | Dat
 
 
 @pytest.fixture
-def store_kind() -> str:
-    """The store of the app's config: SQLite, unless the test is marked both_stores."""
-    return "sqlite"
+def store_kind(suite_store: str) -> str:
+    """The store of the app's config: the run's --store, unless the test is marked both_stores."""
+    return suite_store
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run the tests marked both_stores once on SQLite and once on PostgreSQL."""
     if (metafunc.definition.get_closest_marker("both_stores") is not None
-            and "store_kind" in metafunc.fixturenames):
+            and "store_kind" in metafunc.fixturenames
+            and metafunc.config.getoption("--store") == "sqlite"):
         metafunc.parametrize("store_kind", ["sqlite", "postgresql"])
 
 
 @pytest.fixture
 async def config(tmp_path: Path, store_kind: str, request: pytest.FixtureRequest) -> Config:
     """The default test configuration (on a fresh PostgreSQL database for that store kind)."""
-    if store_kind == "sqlite":
-        return make_config(tmp_path)
+    if store_kind == request.config.getoption("--store"):
+        return make_config(tmp_path)  # the run's store (make_config knows it)
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return make_config(tmp_path, database=await server.create_database())
 

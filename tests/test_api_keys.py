@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,9 +19,10 @@ from idlakd.accounts.tokens import ADMIN_REQUIRED, NO_SUCH_USER
 from idlakd.accounts.users import NO_SUCH_USER as UNKNOWN_USER
 from idlakd.config import Config
 from idlakd.errors import NotAuthenticated
-from idlakd.store.sqlite import Store
+from idlakd.store.factory import store_at
 from tests.helpers.app import assert_error, bearer, make_config
 from tests.helpers.daemon import REPO, Daemon, login, start_daemon, wait_listening
+from tests.helpers.postgres import dump_text, run_sql, state_env
 
 KEY_RE = re.compile(r"idk_[A-Za-z0-9_-]{43}")
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
@@ -36,9 +36,6 @@ def config(tmp_path: Path) -> Config:
     return make_config(tmp_path, max_api_keys_per_user=str(LIMIT))
 
 
-def database(config: Config) -> sqlite3.Connection:
-    """The daemon's own database file, opened as an operator would (sqlite3 on the file)."""
-    return sqlite3.connect(config.database, isolation_level=None)
 
 
 async def make_key(client: TestClient[Any, Any], token: str, name: str = "ci",
@@ -170,7 +167,7 @@ async def test_an_expired_key_is_refused(client: TestClient[Any, Any], config: C
     key = made["key"]
     assert await speech_status(client, key) == 200
     # A day later, by the accounts' clock: the same database, a second Store on it.
-    async with Store(config.database) as store:
+    async with store_at(config.database, 2) as store:
         later = time.time() + 86400 + 1
         with pytest.raises(NotAuthenticated) as refused:
             await api_keys.key_holder(store, api_keys.presented(key), later)
@@ -178,8 +175,8 @@ async def test_an_expired_key_is_refused(client: TestClient[Any, Any], config: C
         _, user = await api_keys.key_holder(store, api_keys.presented(key), time.time())
         assert user.uid == "alice"
     # A day later for the daemon: its expiry moved into the past in the database file.
-    with database(config) as db:
-        db.execute("UPDATE api_keys SET expires_at = ? WHERE id = ?", (time.time() - 1, made["id"]))
+    run_sql(config.database, "UPDATE api_keys SET expires_at = ? WHERE id = ?",
+            time.time() - 1, made["id"])
     await assert_error(await client.post("/speech", json={"voice_id": "alba", "text": "Hi."},
                                          headers=bearer(key)), 401, api_keys.KEY_EXPIRED)
     # Still listed (so its user sees why), until revoked.
@@ -192,9 +189,8 @@ async def test_last_use_is_written_at_most_once_a_minute(client: TestClient[Any,
     made = await make_key(client, user_token)
 
     def last_used() -> float | None:
-        with database(config) as db:
-            value = db.execute("SELECT last_used_at FROM api_keys WHERE id = ?",
-                               (made["id"],)).fetchone()[0]
+        value = run_sql(config.database, "SELECT last_used_at FROM api_keys WHERE id = ?",
+                        made["id"])[0][0]
         return None if value is None else float(value)
 
     assert last_used() is None
@@ -203,8 +199,8 @@ async def test_last_use_is_written_at_most_once_a_minute(client: TestClient[Any,
     assert first is not None and abs(first - time.time()) < 10
     assert (await client.get("/auth/keys", headers=bearer(made["key"]))).status == 200
     assert last_used() == first  # within the minute: no write
-    with database(config) as db:
-        db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (first - 61, made["id"]))
+    run_sql(config.database, "UPDATE api_keys SET last_used_at = ? WHERE id = ?",
+            first - 61, made["id"])
     assert (await client.get("/auth/keys", headers=bearer(made["key"]))).status == 200
     renewed = last_used()
     assert renewed is not None and renewed > first - 1
@@ -280,9 +276,8 @@ async def test_admins_list_and_revoke_anyones_keys(client: TestClient[Any, Any],
 async def test_the_database_holds_no_key(client: TestClient[Any, Any], config: Config,
                                          user_token: str) -> None:
     key = (await make_key(client, user_token))["key"]
-    with database(config) as db:
-        dump = "\n".join(db.iterdump())
-        digest = db.execute("SELECT digest FROM api_keys").fetchone()[0]
+    dump = dump_text(config.database)
+    digest = run_sql(config.database, "SELECT digest FROM api_keys")[0][0]
     assert key[12:] not in dump and bytes(digest) == api_keys.digest_of(key)
 
 
@@ -292,7 +287,7 @@ async def test_the_database_holds_no_key(client: TestClient[Any, Any], config: C
 def idlakd(daemon_state: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run `python -m idlakd` against the daemon's state directory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDLAKD_")}
-    env |= {"IDLAKD_STATE_DIR": str(daemon_state), "IDLAKD_BCRYPT_ROUNDS": "4"}
+    env |= {**state_env(daemon_state), "IDLAKD_BCRYPT_ROUNDS": "4"}
     proc = subprocess.run([sys.executable, "-m", "idlakd", *args], capture_output=True, text=True,
                           env=env, timeout=60, cwd=REPO)
     if check:

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 from aiohttp.test_utils import TestClient
 
 from idlakd.accounts.tokens import issue_token
 from idlakd.config import Config
-from tests.helpers.app import assert_error, bearer, login, make_config
+from tests.helpers.app import assert_error, bearer, login, make_config, token_secret
 
 
 def _b64(data: dict[str, Any]) -> str:
@@ -86,7 +87,7 @@ async def test_tampered_and_alg_none_tokens_are_invalid(client: TestClient[Any, 
 
 async def test_expired_and_not_yet_valid_tokens(client: TestClient[Any, Any], admin_password: str,
                                                 config: Config) -> None:
-    secret = config.secret_file.read_bytes().strip()
+    secret = await token_secret(config)
     now = int(time.time())
     base = {"sub": "admin", "jti": "j1", "iat": now - 100}
     expired = jwt.encode(base | {"nbf": now - 100, "exp": now - 10}, secret, algorithm="HS256")
@@ -130,6 +131,7 @@ async def test_expire_revokes_token_across_restart(tmp_path: Path, started_app_f
     assert (await second.get("/users", headers=bearer(other))).status == 200
 
 
+@pytest.mark.sqlite_only("the secret file, which PostgreSQL replaces with the stored secret")
 async def test_secret_file_is_private_and_reused(tmp_path: Path, started_app_factory: Any) -> None:
     cfg = make_config(tmp_path)
     await started_app_factory(cfg)

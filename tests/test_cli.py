@@ -17,11 +17,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.helpers.app import REPO, assert_error, bearer, login, make_config
+from tests.helpers.postgres import state_env
 
 
 def idlakd(state: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the real command line against a state directory."""
-    env = os.environ | {"IDLAKD_STATE_DIR": str(state), "IDLAKD_BCRYPT_ROUNDS": "4",
+    env = os.environ | {**state_env(state), "IDLAKD_BCRYPT_ROUNDS": "4",
                         "IDLAKD_VOICE_CONFIG": str(REPO / "voiceconfig.json"),
                         # This checkout's idlakd, whatever the virtualenv has installed.
                         "PYTHONPATH": str(REPO)}
@@ -116,7 +117,7 @@ def _free_port() -> int:
 async def test_serve_first_start_prints_admin_once_and_stops_cleanly(tmp_path: Path) -> None:
     port = _free_port()
     log_file = tmp_path / "idlakd.log"
-    env = os.environ | {"IDLAKD_STATE_DIR": str(tmp_path / "state"), "IDLAKD_PORT": str(port),
+    env = os.environ | {**state_env(tmp_path / "state"), "IDLAKD_PORT": str(port),
                         "IDLAKD_BCRYPT_ROUNDS": "4", "IDLAKD_LOG_FILE": str(log_file),
                         "IDLAKD_DRAIN_SECONDS": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "idlakd", "serve"], stdout=subprocess.PIPE,

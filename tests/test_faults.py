@@ -28,6 +28,7 @@ from tests.helpers.daemon import SLOW_WAV, Daemon, start_daemon, wait_listening
 from tests.helpers.daemon import login as daemon_login
 from idlakd.store import sqlite as store_module
 from tests.helpers.app import REPO, assert_error, bearer, login, make_config
+from tests.helpers.postgres import state_env
 
 # Whole daemons under signals and faults: the scenario group (README's second pytest run).
 pytestmark = pytest.mark.scenario
@@ -416,7 +417,7 @@ async def test_client_gone_mid_stream_is_a_disconnect_not_a_crash(
 
 def _cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDLAKD_")}
-    env |= {"IDLAKD_STATE_DIR": str(state), "IDLAKD_BCRYPT_ROUNDS": "4", "PYTHONPATH": str(REPO)}
+    env |= {**state_env(state), "IDLAKD_BCRYPT_ROUNDS": "4", "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "idlakd", *args], capture_output=True, text=True,
                           env=env, timeout=60, cwd=REPO)
 

@@ -32,10 +32,10 @@ from yarl import URL
 
 from idlakd.web.app import create_app
 from idlakd.accounts.tokens import issue_token
-from idlakd.config import Config
+from idlakd.config import Config, DatabaseUrl
 from idlakd.web.keys import passwords_key, secret_key, store_key
 from idlakd.web.routes import ROUTES
-from tests.helpers.app import assert_error, make_config
+from tests.helpers.app import assert_error, bearer, make_config
 
 T = TypeVar("T")
 
@@ -509,14 +509,29 @@ async def test_a_broken_compressed_body_does_not_break_the_next_request(
         assert await _still_serving(client)
 
 
+@pytest.mark.parametrize("bad", ["a\ud800", "a\x00"])
 @pytest.mark.parametrize("field", ["uid", "password"])
 async def test_lone_surrogate_in_a_string_field_is_422(client: TestClient[Any, Any],
-                                                       field: str) -> None:
-    """JSON may escape a lone surrogate ("\\ud800"); SQLite cannot bind it: used to be a 500."""
-    body = {"uid": "admin", "password": "x"} | {field: "a\ud800"}
+                                                       field: str, bad: str) -> None:
+    """JSON may escape a lone surrogate ("\\ud800"), which SQLite cannot bind, or NUL
+    ("\\u0000"), which PostgreSQL's text cannot hold: both used to be 500s."""
+    body = {"uid": "admin", "password": "x"} | {field: bad}
     resp = await client.post("/auth", data=_json_body(body),
                              headers={"Content-Type": "application/json"})
     await assert_error(resp, 422, f"{field}: Not a valid string.")
+
+
+async def test_nul_in_a_path_is_404(client: TestClient[Any, Any], admin_token: str) -> None:
+    """A NUL ("%00") in a path names nothing on either store (PostgreSQL's text cannot hold
+    one: it used to be a 500 there)."""
+    for method, path in (("DELETE", "/users/a%00b"), ("GET", "/v1/jobs/a%00b"),
+                         ("GET", "/voices/a%00b"), ("GET", "/languages/a%00b/accents"),
+                         ("DELETE", "/auth/keys/a%00b"), ("GET", "/users/a%00b/usage")):
+        resp = await client.request(method, URL(path, encoded=True), headers=bearer(admin_token))
+        if path.startswith("/v1/"):  # OpenAI's error shape there
+            assert resp.status == 404 and "error" in await resp.json()
+        else:
+            await assert_error(resp, 404)
 
 
 # Schemathesis, driven by the daemon's own /openapi.json (a real `idlakd serve` on loopback)
@@ -526,6 +541,7 @@ import schemathesis.checks  # noqa: E402
 import urllib.request  # noqa: E402
 
 from tests.helpers.daemon import Daemon, start_daemon  # noqa: E402
+from tests.helpers.postgres import run_sql, suite_database  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -556,7 +572,11 @@ def api_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemo
             data=json.dumps({"uid": "fuzz-admin-7f3a", "admin": True}).encode())
         with urllib.request.urlopen(request, timeout=10):
             pass
-        yield daemon, (tmp / "state" / "secret.key").read_bytes().strip()
+        # The token secret: its file, or the one the suite's PostgreSQL database keeps.
+        url = suite_database(tmp / "state")
+        secret = (bytes(run_sql(DatabaseUrl(url), "SELECT secret FROM token_secret")[0][0])
+                  if url else (tmp / "state" / "secret.key").read_bytes())
+        yield daemon, secret.strip()
         daemon.signal()
         assert daemon.process.wait(30) == 0, daemon.log()[-2000:]
         assert "Unhandled error" not in daemon.log(), daemon.log()[-4000:]

@@ -24,6 +24,7 @@ from idlakd.accounts.passwords import LOGINS_BUSY
 from idlakd.store.sqlite import Store
 from idlakd.accounts.throttle import TOO_MANY_ATTEMPTS, SlidingWindows
 from tests.helpers.app import REPO, assert_error, bearer, login, make_config
+from tests.helpers.postgres import state_env
 
 FLOOD_ADDRESSES = [f"127.0.0.{n}" for n in range(2, 12)]
 
@@ -189,7 +190,7 @@ async def test_look_alike_uids_are_refused_or_folded(client: TestClient[Any, Any
 
 def test_cli_user_add_follows_the_uid_rule(tmp_path: Path) -> None:
     """The command line creates users with the API's rule and stores the folded uid."""
-    env = os.environ | {"IDLAKD_STATE_DIR": str(tmp_path / "state"), "IDLAKD_BCRYPT_ROUNDS": "4",
+    env = os.environ | {**state_env(tmp_path / "state"), "IDLAKD_BCRYPT_ROUNDS": "4",
                         "IDLAKD_VOICE_CONFIG": str(REPO / "voiceconfig.json"),
                         "PYTHONPATH": str(REPO)}  # this checkout's idlakd
 
@@ -208,6 +209,7 @@ def test_cli_user_add_follows_the_uid_rule(tmp_path: Path) -> None:
 
 # Finding 9: a database that takes no writes
 
+@pytest.mark.sqlite_only("a write limit on the daemon's files fails SQLite's writes, not a server's")
 async def test_an_unwritable_database_answers_503_and_is_not_ready(tmp_path: Path) -> None:
     """A real daemon whose file writes fail in the kernel: writes 503, /readyz 503, reads fine.
 

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from tests.helpers.daemon import REPO, Daemon, start_daemon, wait_listening
+from tests.helpers.postgres import state_env
 
 OWNER = "127.0.0.1"
 ATTACKER = "127.0.0.2"
@@ -38,7 +39,7 @@ async def status(address: str, daemon: Daemon, uid: str, password: str,
 
 def idlakd(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The real command line on the daemon's state directory."""
-    env = os.environ | {"IDLAKD_STATE_DIR": str(state), "IDLAKD_BCRYPT_ROUNDS": "4"}
+    env = os.environ | {**state_env(state), "IDLAKD_BCRYPT_ROUNDS": "4"}
     return subprocess.run([sys.executable, "-m", "idlakd", *args], capture_output=True,
                           text=True, env=env, timeout=60, cwd=REPO)
 

@@ -18,6 +18,7 @@ from tests.helpers.admin import admin_client
 from tests.helpers.app import REPO, make_config
 from tests.helpers.daemon import (Daemon, free_port, start_daemon, wait_listening,
                                   write_voice_config)
+from tests.helpers.postgres import state_env
 
 SERVICE_HINT = "sudo -u idlakd idlakd --config /etc/idlakd/idlakd.conf"
 ALBA = ("voice", "add", "-e", "espeak", "-g", "female", "-n", "Alba", "-i", "alba",
@@ -27,7 +28,7 @@ ALBA = ("voice", "add", "-e", "espeak", "-g", "female", "-n", "Alba", "-i", "alb
 def idlakd(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The real command line against a state directory (and nothing from the caller's env)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDLAKD_")}
-    env |= {"IDLAKD_STATE_DIR": str(state), "IDLAKD_BCRYPT_ROUNDS": "4"}
+    env |= {**state_env(state), "IDLAKD_BCRYPT_ROUNDS": "4"}
     return subprocess.run([sys.executable, "-m", "idlakd", *args], capture_output=True,
                           text=True, env=env, timeout=60, cwd=REPO)
 
@@ -108,6 +109,7 @@ async def test_a_voice_removed_on_the_admin_page_stays_removed(
 
 # Which database, and never a new one by accident
 
+@pytest.mark.sqlite_only("the path of the SQLite file each command names")
 def test_every_command_names_its_database(tmp_path: Path) -> None:
     state = new_state(tmp_path)
     line = f"idlakd: database {state / 'idlakd.db'}"
@@ -124,6 +126,7 @@ def test_every_command_names_its_database(tmp_path: Path) -> None:
     assert refused.stderr.splitlines()[0] == f"idlakd: database {missing / 'idlakd.db'}"
 
 
+@pytest.mark.sqlite_only("a missing SQLite file is not created by accident")
 def test_commands_refuse_to_create_a_database(tmp_path: Path) -> None:
     state = tmp_path / "state"
     for args in (("user", "list"), ("user", "add", "bob"), ("user", "passwd", "admin"),
@@ -141,6 +144,7 @@ def test_commands_refuse_to_create_a_database(tmp_path: Path) -> None:
     assert ok(idlakd(state, "user", "list")) == "bob\tadmin\n"
 
 
+@pytest.mark.sqlite_only("root leaving files in another user's SQLite state directory")
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_root_is_refused_on_another_users_state(tmp_path: Path) -> None:
     state = new_state(tmp_path)
@@ -223,6 +227,7 @@ def test_serve_help_shows_every_setting_with_its_default() -> None:
         assert line in flat, line
 
 
+@pytest.mark.sqlite_only("--set state_dir choosing the SQLite file")
 def test_set_is_accepted_after_the_command(tmp_path: Path) -> None:
     state = new_state(tmp_path)
     elsewhere = tmp_path / "elsewhere"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from tests.helpers.admin import csrf_of, secret_of
 from tests.helpers.app import bearer
 from tests.helpers.daemon import REPO, Daemon, login, start_daemon, wait_listening
+from tests.helpers.postgres import state_env
 
 
 def look_alike(password: str) -> str:
@@ -135,7 +137,7 @@ def reset_from_the_shell(tmp_path: Path, uid: str) -> tuple[str, str]:
     proc = subprocess.run(
         [sys.executable, "-m", "idlakd", "--set", f"state_dir={tmp_path / 'state'}",
          "--set", "log_level=DEBUG", "user", "passwd", uid],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+        env=os.environ | state_env(tmp_path / "state"), cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
     return proc.stdout.split(":")[1], proc.stderr
 
 

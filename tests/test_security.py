@@ -23,10 +23,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from yarl import URL
 
-from idlakd.config import Config
+from idlakd.config import Config, DatabaseUrl
 from idlakd.web.keys import passwords_key, store_key
 from idlakd.voices.definitions import VoiceDefinitionError, voice_from_entry
-from tests.helpers.app import REPO, assert_error, bearer, login, make_config
+from tests.helpers.app import REPO, assert_error, bearer, login, make_config, token_secret
+from tests.helpers.postgres import state_env
 
 INVALID = "Access token is invalid"
 
@@ -38,10 +39,6 @@ def _b64(data: bytes) -> str:
 def _claims(sub: str = "admin", **extra: Any) -> dict[str, Any]:
     now = int(time.time())
     return {"sub": sub, "iat": now, "nbf": now, "exp": now + 600, "jti": os.urandom(8).hex()} | extra
-
-
-def _secret(config: Config) -> bytes:
-    return config.secret_file.read_bytes().strip()
 
 
 # Forged tokens
@@ -96,7 +93,7 @@ async def test_hs_rs_algorithm_confusion_is_invalid(client: TestClient[Any, Any]
 async def test_claims_of_the_wrong_type_are_invalid(client: TestClient[Any, Any],
                                                     admin_password: str, config: Config) -> None:
     """Signed with the real secret but with claims of the wrong type or value: never accepted."""
-    secret = _secret(config)
+    secret = (await token_secret(config))
     now = int(time.time())
     for bad in ({"sub": 1}, {"sub": ["admin"]}, {"sub": None}, {"jti": 5}, {"exp": "later"},
                 {"exp": now + 10 ** 12, "nbf": "x"}, {"iat": "yesterday"}, {"sub": ""}):
@@ -202,12 +199,13 @@ async def test_sql_metacharacters_in_every_path_and_body_field(
     deleted = await client.delete(URL(f"/users/{quote(odd, safe='')}", encoded=True), headers=h)
     assert await deleted.json() == {"message": "User '%_\\?' has been deleted"}
     # The schema is intact and the voices are all still there.
-    with sqlite3.connect(config.database) as db:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"users", "voices", "revoked_tokens"} <= tables
-        assert db.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 3
-        assert db.execute("SELECT COUNT(*) FROM voices").fetchone()[0] == 7
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    store = client.app[store_key]
+    assert await store.count_users() == 3 and len(await store.list_voices()) == 7
+    if not isinstance(config.database, DatabaseUrl):  # and the SQLite file is sound
+        with sqlite3.connect(config.database) as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            assert {"users", "voices", "revoked_tokens"} <= tables
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 # Login timing and throttling
@@ -273,6 +271,7 @@ async def test_change_password_is_throttled(tmp_path: Path, started_app_factory:
 
 # Files on disk
 
+@pytest.mark.sqlite_only("the modes of the SQLite database, its WAL and SHM files")
 async def test_state_files_are_owner_only_even_with_a_lax_umask(tmp_path: Path,
                                                                 started_app_factory: Any) -> None:
     """Secret, database, its WAL and SHM, and the state directory: no group/other bits."""
@@ -295,7 +294,7 @@ async def test_state_files_are_owner_only_even_with_a_lax_umask(tmp_path: Path,
 async def test_secret_never_served(client: TestClient[Any, Any], admin_token: str,
                                    config: Config) -> None:
     """No route, document or error leaks the signing secret or a password hash."""
-    secret = _secret(config).decode()
+    secret = (await token_secret(config)).decode()
     for method, path in (("GET", "/openapi.json"), ("GET", "/users"), ("GET", "/voices"),
                          ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/docs"),
                          ("GET", "/metrics"), ("GET", "/nope")):
@@ -309,7 +308,7 @@ async def test_secret_never_served(client: TestClient[Any, Any], admin_token: st
 
 def _cli(state: Path, *args: str, voice_roots: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """The real command line against a state directory, with voice_roots set."""
-    env = os.environ | {"IDLAKD_STATE_DIR": str(state), "IDLAKD_BCRYPT_ROUNDS": "4",
+    env = os.environ | {**state_env(state), "IDLAKD_BCRYPT_ROUNDS": "4",
                         "IDLAKD_VOICE_ROOTS": voice_roots,
                         "IDLAKD_VOICE_CONFIG": str(REPO / "voiceconfig.json"),
                         "PYTHONPATH": str(REPO)}

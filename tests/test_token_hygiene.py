@@ -19,6 +19,7 @@ from idlakd.accounts.users import INITIAL_PASSWORD_FILE
 from idlakd.config import Config
 from tests.helpers.admin import admin_client, csrf_of, secret_of, sign_in
 from tests.helpers.app import REPO, assert_error, bearer, login, make_config
+from tests.helpers.postgres import state_env
 
 EXPIRED = "Access token has expired"
 NO_SUCH_USER = "The user with such access token does not exist"
@@ -79,7 +80,7 @@ async def test_a_reset_from_the_shell_reaches_the_running_daemon(
     """`idlakd user passwd` on the daemon's database ends the tokens the daemon issued."""
     password = await new_user(client, admin_token, "carol")
     token = await login(client, "carol", password)
-    env = os.environ | {"IDLAKD_STATE_DIR": str(config.state_dir), "IDLAKD_BCRYPT_ROUNDS": "4"}
+    env = os.environ | {**state_env(config.state_dir), "IDLAKD_BCRYPT_ROUNDS": "4"}
     proc = subprocess.run([sys.executable, "-m", "idlakd", "user", "passwd", "carol"],
                           capture_output=True, text=True, env=env, timeout=60, cwd=REPO)
     assert proc.returncode == 0, proc.stderr

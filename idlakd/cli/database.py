@@ -83,16 +83,19 @@ async def with_accounts(config: Config,
 
 
 def backup(config: Config, args: argparse.Namespace) -> int:
-    """idlakd backup FILE: a consistent copy of the live database (SQLite online backup)."""
+    """idlakd backup FILE: a consistent copy of the live database (SQLite backup or pg_dump)."""
     from idlakd.store.backup import BackupError, backup_database
+    from idlakd.store.pg_backup import dump_database
 
-    if isinstance(config.database, DatabaseUrl):
-        raise CommandError("backup copies a SQLite database; for PostgreSQL use pg_dump "
-                           "(docs/operations.md, Backups)")
     try:
-        size = backup_database(config.database, args.file)
+        if isinstance(config.database, DatabaseUrl):
+            size = dump_database(config.database.url, args.file)
+        else:
+            size = backup_database(config.database, args.file)
     except BackupError as exc:
         raise CommandError(str(exc)) from None
-    print(f"Backed up {config.database} to {args.file} ({size} bytes); "
-          f"keep {config.secret_file} too, or every issued token becomes invalid on restore")
+    # str(config.database) hides a URL's password.
+    keep = ("the token secret is in the dump" if config.secret_file is None
+            else f"keep {config.secret_file} too, or every issued token becomes invalid on restore")
+    print(f"Backed up {config.database} to {args.file} ({size} bytes); {keep}")
     return 0

@@ -140,6 +140,9 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The handler's answer, or the JSON error (or page) its failure maps to."""
     request_id(request)
     try:
+        if "\x00" in request.path:
+            # No stored name can hold NUL (PostgreSQL's text refuses it): nothing is there.
+            raise web.HTTPNotFound()
         return await handler(request)
     except asyncio.CancelledError:
         # aiohttp writes no access line for a handler cancelled because its client left

@@ -129,7 +129,10 @@ class Fields:
 
 
 def _is_utf8(value: str) -> bool:
-    """False for text with lone surrogates (JSON "\\ud800"): SQLite and engines cannot take it."""
+    """False for text no store or engine can take: lone surrogates (JSON "\\ud800"), or NUL
+    (PostgreSQL's text refuses it, so SQLite refuses it too, for one answer on both)."""
+    if "\x00" in value:
+        return False
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

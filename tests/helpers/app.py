@@ -8,7 +8,10 @@ from typing import Any, Awaitable, Callable
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from idlakd.accounts.tokens import load_secret
 from idlakd.config import Config, load_config
+from idlakd.store.factory import open_store
+from tests.helpers.postgres import suite_database
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -17,7 +20,8 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 def make_config(tmp_path: Path, **overrides: str) -> Config:
-    """A config on tmp_path with fast bcrypt and the repository's voiceconfig.json."""
+    """A config on tmp_path with fast bcrypt and the repository's voiceconfig.json (and the
+    suite's PostgreSQL database of its state directory with --store=postgresql)."""
     values = {
         "state_dir": str(tmp_path / "state"),
         "voice_config": str(REPO / "voiceconfig.json"),
@@ -26,9 +30,19 @@ def make_config(tmp_path: Path, **overrides: str) -> Config:
         "synthesis_timeout_seconds": "20",
     }
     values.update(overrides)
+    if "database" not in overrides:
+        url = suite_database(Path(values["state_dir"]))
+        if url is not None:
+            values["database"] = url
     return load_config(path=None, env={}, overrides=values)
 
 
+
+
+async def token_secret(config: Config) -> bytes:
+    """The key the app signs tokens with: its secret file, or the one its PostgreSQL store keeps."""
+    async with open_store(config) as store:
+        return (await load_secret(config.secret_file, store)).strip()
 
 
 async def login(client: TestClient[Any, Any], uid: str, password: str) -> str:

@@ -20,6 +20,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.helpers.postgres import suite_database
+
 REPO = Path(__file__).resolve().parents[2]
 
 SLOW_RATE = 16000
@@ -138,6 +140,10 @@ def start_daemon(tmp_path: Path, env: dict[str, str] | None = None, new_session:
               "voice_config": str(write_voice_config(tmp_path / "voices")),
               "workers_per_voice": "1", "shutdown_grace_seconds": "20", "drain_seconds": "0"}
     values.update(settings)
+    if "database" not in settings:
+        url = suite_database(Path(values["state_dir"]))
+        if url is not None:
+            values["database"] = url
     argv = [sys.executable, "-m", "idlakd"]
     for key, value in values.items():
         argv += ["--set", f"{key}={value}"]

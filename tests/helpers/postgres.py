@@ -3,21 +3,29 @@ directory, a unix socket there and a loopback TCP port, run as an unprivileged u
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import glob
+import itertools
 import os
 import pwd
+import re
 import secrets
 import shutil
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import asyncpg
+
+from idlakd.config import DatabaseUrl
+from idlakd.store.pg_backup import pg_dump_binary, split_password
 
 # initdb and postgres refuse to run as root; as root the server runs as this system user.
 SERVER_USER = "nobody"
@@ -106,3 +114,70 @@ def running_postgres() -> Iterator[PostgresServer]:
                 capture_output=True, timeout=60)
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+# The suite's store (pytest --store=postgresql): the server, and the database of each state
+# directory, so that configs made again on one directory (a restart) find the same database.
+_suite_server: PostgresServer | None = None
+_suite_databases: dict[Path, str] = {}
+
+
+def use_for_suite(server: PostgresServer | None) -> None:
+    """Give every config the tests make a PostgreSQL database on server (None: SQLite again)."""
+    global _suite_server
+    _suite_server = server
+    _suite_databases.clear()
+
+
+def suite_database(state_dir: Path) -> str | None:
+    """The URL of state_dir's database when the suite runs on PostgreSQL, else None."""
+    if _suite_server is None:
+        return None
+    key = state_dir.resolve()
+    if key not in _suite_databases:
+        # Called from sync helpers, often inside a running loop: create it on another thread.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            _suite_databases[key] = pool.submit(
+                asyncio.run, _suite_server.create_database()).result()
+    return _suite_databases[key]
+
+
+def state_env(state_dir: Path) -> dict[str, str]:
+    """The environment that points a CLI or daemon at state_dir (and at its suite database)."""
+    env = {"IDLAKD_STATE_DIR": str(state_dir)}
+    url = suite_database(state_dir)
+    if url is not None:
+        env["IDLAKD_DATABASE"] = url
+    return env
+
+
+def run_sql(database: Path | DatabaseUrl, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """One statement (`?` placeholders) on a store's database, as an operator would run it
+    (sqlite3 on the file, or a PostgreSQL connection); its rows."""
+    if isinstance(database, DatabaseUrl):
+        numbers = itertools.count(1)
+        statement = re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
+
+        async def run(url: str) -> list[tuple[Any, ...]]:
+            conn = await asyncpg.connect(url)
+            try:
+                return [tuple(row) for row in await conn.fetch(statement, *params)]
+            finally:
+                await conn.close()
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, run(database.url)).result()
+    with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as db:
+        return db.execute(sql, params).fetchall()
+
+
+def dump_text(database: Path | DatabaseUrl) -> str:
+    """Everything a store's database holds, as SQL text (sqlite3's iterdump, or pg_dump)."""
+    if isinstance(database, DatabaseUrl):
+        bare, password = split_password(database.url)
+        return subprocess.run(
+            [str(pg_dump_binary()), "--data-only", "--no-password", f"--dbname={bare}"],
+            env=os.environ | {"PGPASSWORD": password or ""}, capture_output=True, text=True,
+            check=True, timeout=60).stdout
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        return "\n".join(db.iterdump())
