@@ -444,6 +444,29 @@ async def test_quota_characters_and_sessions(client: TestClient[Any, Any], admin
     assert (usage["characters"], usage["requests"], usage["running"]) == (13, 1, 0), usage
 
 
+async def test_a_client_that_closes_gives_its_session_back(client: TestClient[Any, Any],
+                                                         user_token: str) -> None:
+    """The client closes the socket itself (before any text, after a flush, after a clear):
+    each session's concurrency slot ends with it (found by an outside attack: it leaked)."""
+    for steps in ([], [{"type": "text", "text": "Hello there. "}, {"type": "flush"}],
+                  [{"type": "text", "text": "Hello there, a longer sentence. "},
+                   {"type": "clear"}]):
+        ws = await connect(client, user_token)
+        await collect(ws, Received(), until="started")
+        for step in steps:
+            await ws.send_json(step)
+        if steps:
+            await collect(ws, Received(), until="flushed" if len(steps) == 2 and
+                          steps[1]["type"] == "flush" else "cleared")
+        await ws.close()
+        for _ in range(100):
+            usage = await (await client.get("/auth/usage", headers=bearer(user_token))).json()
+            if usage["running"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert usage["running"] == 0, (steps, usage)
+
+
 async def test_busy_limiter_closes_1013(tmp_path: Path, started_app_factory: Any) -> None:
     client = await started_app_factory(make_config(tmp_path, authorization="false",
                                                    max_concurrent_syntheses="1", max_queue="0"))

@@ -391,12 +391,18 @@ class StreamSession:
                                                        served=self._said > 0)
 
     async def aclose(self) -> None:
-        """Stop everything of the session and record its usage."""
-        if self._closing and self._player is not None:
-            # The player is closing the socket (done or an error): let it finish the handshake.
-            await asyncio.gather(self._player, return_exceptions=True)
-        await self.stop()
-        await self._record()
+        """Stop everything of the session and record its usage, even when cancelled."""
+        try:
+            if self._closing and self._player is not None:
+                # The player is closing the socket (done or an error): let it finish.
+                await asyncio.gather(self._player, return_exceptions=True)
+        finally:
+            # A client's own close ends the handler by cancelling it, perhaps in the middle
+            # of this: the speech must stop and the quota slot end all the same.
+            try:
+                await self.stop()
+            finally:
+                await self._record()
 
 
 async def speech_stream(request: web.Request) -> web.StreamResponse:
