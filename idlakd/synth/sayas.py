@@ -34,7 +34,7 @@ MAX_DIGITS: Final = 30
 
 # num2words raises whatever its language module happens to hit on a number it cannot
 # say (measured over every language, 1 to 30 digits: OverflowError above its largest
-# scale word, NotImplementedError for a missing form, KeyError, IndexError,
+# scale word, a not-implemented error for a missing form, KeyError, IndexError,
 # AttributeError, ValueError, TypeError, RecursionError; AssertionError in its code):
 # every one of them means "no words for this", never a bug of ours.
 _NUM2WORDS_ERRORS: Final = (ArithmeticError, LookupError, ValueError, TypeError, RuntimeError,

@@ -22,7 +22,7 @@ JOB_NOT_FOUND: Final = "Job could not be found"
 MAX_LISTED: Final = 1000
 #: A job id is 22 characters; anything much longer is not one (and is never looked up).
 MAX_ID_LENGTH: Final = 64
-#: Bytes of JSON per character of text a job body may take (\uXXXX escapes), plus the rest.
+#: Bytes of JSON per character a job body may take (a \u escape is six), plus the rest.
 BODY_BYTES_PER_CHARACTER: Final = 6
 BODY_OVERHEAD_BYTES: Final = 64 * 1024
 TOO_MANY_JOBS: Final = ("Too many jobs: {n} queued or running; try again when one has ended, "
