@@ -93,6 +93,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "Comma-separated addresses or networks (CIDR) of reverse proxies whose "
             "X-Forwarded-For / Forwarded headers are believed for the client address (throttle, "
             "access log, quotas). Empty: none is believed."),
+    Setting("forwarded_header", "choice:X-FORWARDED-FOR|FORWARDED", "X-Forwarded-For",
+            "The one header trusted_proxies write the client's address to: X-Forwarded-For "
+            "(HAProxy's option forwardfor, nginx, most balancers) or Forwarded (RFC 7239 for=). "
+            "The other is never read: a proxy passes it through as the client sent it."),
     Setting("quota_chars_per_minute", "int", "100000",
             "Default most characters of text one user may send to synthesis per minute "
             "(429 above); 0: no limit. Per-user overrides: idlakd user limits, the API, the page."),
@@ -268,6 +272,7 @@ class Config:
     login_max_failures_per_address: int
     login_window_seconds: int
     trusted_proxies: str
+    forwarded_header: str
     quota_chars_per_minute: int
     quota_chars_per_day: int
     quota_concurrent: int

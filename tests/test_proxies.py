@@ -103,22 +103,22 @@ async def test_an_untrusted_peer_cannot_forge_its_address(serve: Serve) -> None:
 
 
 async def test_a_trusted_proxy_names_the_client(serve: Serve) -> None:
-    """From the trusted proxy: the right-most untrusted hop is the client, for the throttle and
-    the access log; what the client wrote to the left of it is not believed."""
+    """From the trusted proxy: the right-most untrusted X-Forwarded-For hop is the client, for
+    the throttle and the access log; what the client wrote to the left of it, and any Forwarded
+    header (the proxy passes it through as the client sent it), are not believed."""
     daemon = await serve(trusted_proxies=f"{PROXY}, 10.0.0.0/8")
     async with session_from(PROXY) as proxy:
         # The client forged "1.1.1.1"; nginx appended the peer it saw, then an inner proxy (trusted).
         await probe(proxy, daemon, "t1", {"X-Forwarded-For": "1.1.1.1, 203.0.113.5, 10.1.2.3"})
-        await probe(proxy, daemon, "t2", {"Forwarded": 'for=1.1.1.1, for="[2001:db8::17]:4711"'})
         await probe(proxy, daemon, "t3", {"X-Forwarded-For": "::ffff:203.0.113.6"})
-        # Two headers present: believed only when they agree.
-        await probe(proxy, daemon, "t4", {"X-Forwarded-For": "203.0.113.7",
-                                          "Forwarded": "for=203.0.113.7;proto=https"})
+        # A client's own Forwarded beside the proxy's X-Forwarded-For: only the latter counts.
         await probe(proxy, daemon, "t5", {"X-Forwarded-For": "203.0.113.8",
                                           "Forwarded": "for=198.51.100.8"})
-        # Not an address where one must be read: the proxy's own address.
+        await probe(proxy, daemon, "t9", {"Forwarded": "for=198.51.100.9"})
+        # Not an address where one must be read: the proxy's own address, or the nearest
+        # trusted hop to the client.
         await probe(proxy, daemon, "t6", {"X-Forwarded-For": "203.0.113.9, garbage"})
-        await probe(proxy, daemon, "t7", {"Forwarded": "for=unknown"})
+        await probe(proxy, daemon, "t10", {"X-Forwarded-For": "garbage, 10.9.9.9"})
         # One hop: the client nginx saw.
         await probe(proxy, daemon, "t8", {"X-Forwarded-For": "1.1.1.1"})
         # Failures count per forwarded client: 3 from one, then the 4th is 429; another is not.
@@ -126,18 +126,35 @@ async def test_a_trusted_proxy_names_the_client(serve: Serve) -> None:
         for _ in range(3):
             assert await login_status(proxy, daemon, "nobody", "x", one) == 401
         assert await login_status(proxy, daemon, "nobody", "x", one) == 429
-        # A forged left-most hop does not escape the client's bucket.
+        # A forged left-most hop does not escape the client's bucket, nor does a Forwarded
+        # header that disagrees with it (it once made the proxy's own address the client).
         spoof = {"X-Forwarded-For": "192.0.2.1, 203.0.113.50"}
+        assert await login_status(proxy, daemon, "nobody", "x", spoof) == 429
+        spoof = {"X-Forwarded-For": "203.0.113.50", "Forwarded": "for=192.0.2.1"}
         assert await login_status(proxy, daemon, "nobody", "x", spoof) == 429
         assert await login_status(proxy, daemon, "nobody", "x", other) == 401
     assert await access_addresses(daemon, "t1") == ["203.0.113.5"]
-    assert await access_addresses(daemon, "t2") == ["2001:db8::17"]
     assert await access_addresses(daemon, "t3") == ["203.0.113.6"]
-    assert await access_addresses(daemon, "t4") == ["203.0.113.7"]
-    assert await access_addresses(daemon, "t5") == [PROXY]
+    assert await access_addresses(daemon, "t5") == ["203.0.113.8"]
+    assert await access_addresses(daemon, "t9") == [PROXY]
     assert await access_addresses(daemon, "t6") == [PROXY]
-    assert await access_addresses(daemon, "t7") == [PROXY]
+    assert await access_addresses(daemon, "t10") == ["10.9.9.9"]
     assert await access_addresses(daemon, "t8") == ["1.1.1.1"]
+
+
+async def test_a_proxy_that_writes_forwarded(serve: Serve) -> None:
+    """forwarded_header = Forwarded: its for= is read from the right, X-Forwarded-For never."""
+    daemon = await serve(trusted_proxies=f"{PROXY}, 10.0.0.0/8", forwarded_header="Forwarded")
+    async with session_from(PROXY) as proxy:
+        await probe(proxy, daemon, "f1", {"Forwarded": 'for=1.1.1.1, for="[2001:db8::17]:4711"'})
+        await probe(proxy, daemon, "f2", {"Forwarded": "for=unknown"})
+        await probe(proxy, daemon, "f3", {"Forwarded": "for=203.0.113.7;proto=https",
+                                          "X-Forwarded-For": "198.51.100.7"})
+        await probe(proxy, daemon, "f4", {"X-Forwarded-For": "198.51.100.8"})
+    assert await access_addresses(daemon, "f1") == ["2001:db8::17"]
+    assert await access_addresses(daemon, "f2") == [PROXY]
+    assert await access_addresses(daemon, "f3") == ["203.0.113.7"]
+    assert await access_addresses(daemon, "f4") == [PROXY]
 
 
 async def raw_get(daemon: Daemon, marker: str, headers: bytes) -> None:

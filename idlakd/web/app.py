@@ -133,14 +133,15 @@ def create_app(config: Config) -> web.Application:
     if not config.authorization:
         log.warning("AUTHORIZATION IS OFF: every route, admin routes included, is open to "
                     "anyone who can reach %s:%d", config.host, config.port)
+    proxies = TrustedProxies.parse(config.trusted_proxies, config.forwarded_header)
     app = web.Application(
         # metrics outermost, so it times and counts the final status error_middleware produced.
         # body_deadline inside error_middleware: it answers its own 408, nothing logs a traceback.
         # auth only authenticates (reads the token); guard then enforces the route's access,
         # before any handler reads a body.
         # client_address first: every line and counter after it sees the real client.
-        middlewares=[client_address_middleware(TrustedProxies.parse(config.trusted_proxies)),
-                     metrics_middleware, error_middleware, body_deadline_middleware,
+        middlewares=[client_address_middleware(proxies), metrics_middleware, error_middleware,
+                     body_deadline_middleware,
                      auth_middleware, guard_middleware],
         client_max_size=config.max_body_bytes,
     )

@@ -1,16 +1,15 @@
 """The client's address: the TCP peer, or what a trusted reverse proxy says the client was.
 
-Only when the peer is one of `trusted_proxies` are `X-Forwarded-For` and `Forwarded` read, from
-the right: each trusted proxy appends the address it saw, so the right-most address that is not
-itself a trusted proxy is the client; everything left of it came from the client and may be
-forged. When both headers are present and name different clients, neither is believed (one of
-them came from the client through a proxy that only sets the other).
+Only when the peer is one of `trusted_proxies` is the header the proxies write
+(`forwarded_header`: X-Forwarded-For or Forwarded, never both) read, from the right: each trusted
+proxy appends the address it saw, so the right-most address that is not itself a trusted proxy
+is the client; everything left of it came from the client and may be forged. The other header
+is never read: a proxy that writes one passes the other through as the client sent it.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import logging
 from typing import Awaitable, Callable, Final, Iterable, Sequence
 
 from aiohttp import web
@@ -19,7 +18,6 @@ from idlakd.config import ConfigError
 from idlakd.web.access import Handler
 from idlakd.web.keys import client_address_key
 
-log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -27,15 +25,21 @@ Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 UNKNOWN: Final = "unknown"
 
 
-class TrustedProxies:
-    """The networks whose forwarding headers are believed (none by default)."""
+X_FORWARDED_FOR: Final = "X-FORWARDED-FOR"
+FORWARDED: Final = "FORWARDED"
 
-    def __init__(self, networks: Iterable[Network] = ()) -> None:
+
+class TrustedProxies:
+    """The networks whose forwarding header is believed (none by default), and which header."""
+
+    def __init__(self, networks: Iterable[Network] = (), header: str = X_FORWARDED_FOR) -> None:
         self.networks: tuple[Network, ...] = tuple(networks)
+        self.header = header
 
     @classmethod
-    def parse(cls, setting: str) -> "TrustedProxies":
-        """From 'addr, net/len, ...'; raise ConfigError naming a bad entry."""
+    def parse(cls, setting: str, header: str = X_FORWARDED_FOR) -> "TrustedProxies":
+        """From 'addr, net/len, ...' and the header's name (upper case, as the setting holds
+        it); raise ConfigError naming a bad entry."""
         networks = []
         for item in setting.split(","):
             item = item.strip()
@@ -45,40 +49,42 @@ class TrustedProxies:
                 except ValueError:
                     raise ConfigError(f"setting 'trusted_proxies': {item!r} is not an address or "
                                       "network") from None
-        return cls(networks)
+        return cls(networks, header)
 
     def trusts(self, address: Address) -> bool:
         """Whether address is one of the trusted proxies."""
         return any(address in network for network in self.networks)
 
-    def client(self, peer: str | None, forwarded_for: Sequence[str] | None,
-               forwarded: Sequence[str] | None) -> str:
-        """The client address of a request from peer with these header values (None: absent)."""
+    def client(self, peer: str | None, hops: Sequence[str] | None) -> str:
+        """The client address of a request from peer whose forwarding header holds these hops,
+        left to right (None: absent)."""
         peer_address = parse_address(peer)
         if peer_address is None:
             return peer or UNKNOWN
-        if not self.networks or not self.trusts(peer_address):
+        if not self.networks or not self.trusts(peer_address) or not hops:
             return str(peer_address)
-        found = [self._rightmost_untrusted(hops)
-                 for hops in (forwarded_for, forwarded) if hops is not None]
-        if not found or any(address is None for address in found):
-            return str(peer_address)
-        if len(set(found)) > 1:
-            log.debug("X-Forwarded-For and Forwarded disagree; using the proxy's address")
-            return str(peer_address)
-        return str(found[0])
+        return str(self._rightmost_untrusted(hops) or peer_address)
 
     def _rightmost_untrusted(self, hops: Sequence[str]) -> Address | None:
-        """The right-most hop that is not a trusted proxy (the left-most when all are);
-        None when a hop that must be read is not an address."""
-        address = None
+        """The right-most hop that is not a trusted proxy. Where every hop read is trusted, or
+        one is not an address (written by a client in a trusted network, or "unknown"), the
+        left-most trusted hop read: the nearest to the client that a trusted proxy vouches
+        for; None when the right-most hop is not an address."""
+        nearest = None
         for hop in reversed(hops):
             address = parse_address(hop)
             if address is None:
-                return None
+                return nearest
             if not self.trusts(address):
                 return address
-        return address
+            nearest = address
+        return nearest
+
+    def hops(self, request: web.BaseRequest) -> list[str] | None:
+        """The hops of the header the proxies write, left to right, or None when absent."""
+        if self.header == FORWARDED:
+            return forwarded_hops(request)
+        return forwarded_for_hops(request)
 
 
 def parse_address(text: str | None) -> Address | None:
@@ -129,8 +135,7 @@ def client_address_middleware(proxies: TrustedProxies) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request[client_address_key] = proxies.client(
-            request.remote, forwarded_for_hops(request), forwarded_hops(request))
+        request[client_address_key] = proxies.client(request.remote, proxies.hops(request))
         return await handler(request)
 
     return middleware
