@@ -150,6 +150,8 @@ async def test_range_requests(client: TestClient[Any, Any], user_token: str) -> 
     resp = await ranged(f"bytes={size}-")
     assert resp.status == 416
     assert resp.headers["Content-Range"] == f"bytes */{size}"
+    resp = await ranged("bytes=-0")  # the last zero bytes (once answered with the whole file)
+    assert resp.status == 416
     openai_error(await resp.json(), "not satisfiable")
 
 
@@ -203,6 +205,28 @@ async def test_cancel_running_then_delete(client: TestClient[Any, Any], user_tok
     assert resp.status == 409
     resp = await client.delete(f"/v1/jobs/{job_id}", headers=bearer(user_token))
     assert resp.status == 204
+    resp = await client.get(f"/v1/jobs/{job_id}", headers=bearer(user_token))
+    assert resp.status == 404
+
+
+async def test_concurrent_deletes(client: TestClient[Any, Any], user_token: str) -> None:
+    """DELETEs of a running job at once, then again: it is cancelled once, deleted once (one
+    204 in all), and a request that found it gone says 404. (They once answered one 200 and
+    five 204.) A request that meant to cancel and lost the race answers the cancelled job."""
+    job_id = await submit(client, user_token, text=TEXT * 4)
+    await wait_status(client, user_token, job_id, ("running",))
+
+    async def delete() -> tuple[int, Any]:
+        resp = await client.delete(f"/v1/jobs/{job_id}", headers=bearer(user_token))
+        return resp.status, (await resp.json() if resp.status != 204 else None)
+
+    first = await asyncio.gather(*(delete() for _ in range(6)))
+    second = await asyncio.gather(*(delete() for _ in range(6)))
+    statuses = [status for status, _ in first + second]
+    assert statuses.count(204) == 1 and 200 in statuses[:6], statuses
+    assert set(statuses) == {200, 204, 404}
+    assert {body["status"] for status, body in first if status == 200} == {"cancelled"}
+    assert {status for status, _ in second} <= {204, 404}
     resp = await client.get(f"/v1/jobs/{job_id}", headers=bearer(user_token))
     assert resp.status == 404
 

@@ -325,6 +325,7 @@ async def test_too_much_waiting_text_is_refused(tmp_path: Path, started_app_fact
     ([b"\x00\x01"], "Messages are JSON objects in text frames"),
     (["not json"], "Messages are JSON objects in text frames"),
     (["[1, 2]"], "Messages are JSON objects in text frames"),
+    (["[" * 30000], "Messages are JSON objects in text frames"),  # once a RecursionError
     (['{"type": "speak"}'], "type: Not a valid choice. Valid choices: "
                             "auth|start|text|flush|clear|end"),
     (['{"type": "text", "text": "Hi."}'], "type: The first message must be start."),

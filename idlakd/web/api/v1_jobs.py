@@ -122,13 +122,15 @@ async def delete_job(request: web.Request) -> web.Response:
     """DELETE /v1/jobs/{job_id}: cancel a queued or running job (200, the job), delete an
     ended one and its audio (204)."""
     job = await job_of(request)
-    store = request.app[store_key]
     if job.status in JOB_ACTIVE:
         cancelled = await request.app[jobs_key].cancel_job(job.id)
         if cancelled is not None:
             return json_response(job_json(cancelled))
-    # Ended (perhaps just now): deleted with its audio.
-    await store.delete_job(job.id)
+        # It ended meanwhile (done, or cancelled by a concurrent DELETE): this request meant to
+        # cancel it, so it is answered as it is now and kept, its audio included.
+        return json_response(job_json(await job_of(request)))
+    if not await request.app[store_key].delete_job(job.id):  # a concurrent DELETE took it
+        raise NotFound(JOB_NOT_FOUND)
     return json_response(None, status=204)
 
 
@@ -145,6 +147,9 @@ def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
     except ValueError:
         return None
     start = asked.start if asked.start is not None else 0
+    # aiohttp reads "bytes=-0" (the last zero bytes: none, RFC 9110 14.1.1) as "from byte 0".
+    if start == 0 and request.headers["Range"].partition("=")[2].lstrip().startswith("-"):
+        raise RangeNotSatisfiable(f"Range not satisfiable: the audio has {size} bytes", size)
     if start < 0:  # the last -start bytes
         start = max(0, size + start)
     end = size if asked.stop is None else min(asked.stop, size)

@@ -65,7 +65,7 @@ def _message(frame: Any) -> dict[str, Any]:
         raise MalformedRequest(NOT_JSON)
     try:
         message = json.loads(frame.data)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting ("[[[…") exhausts the parser's stack
         raise MalformedRequest(NOT_JSON) from None
     if not isinstance(message, dict):
         raise MalformedRequest(NOT_JSON)
