@@ -8,6 +8,7 @@ import logging.handlers
 import re
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from tests.helpers.app import bearer, login, make_config
 
+from idlakd.cli.log_repeats import RepeatFilter
 from idlakd.cli.main import LOG_FORMAT, setup_logging
 from idlakd.web.http import AccessLogger
 
@@ -232,3 +234,57 @@ async def test_a_url_cannot_forge_a_log_line(logged_client: TestClient[Any, Any]
     await asyncio.sleep(0.1)
     [line] = [r.getMessage() for r in collected.records if r.name == "idlakd.access"]
     assert "\n" not in line and "\r" not in line and "%0A" in line
+
+
+async def test_probes_are_debug_lines(logged_client: TestClient[Any, Any],
+                                      collected: Collect) -> None:
+    """A balancer probes /readyz every few seconds for ever: DEBUG, not an INFO line each."""
+    for path in ("/healthz", "/readyz", "/voices"):
+        resp = await logged_client.get(path)
+        await resp.read()
+    await asyncio.sleep(0.1)
+    levels = {re.search(r'"GET (\S+)"', r.getMessage()).group(1): r.levelname  # type: ignore[union-attr]
+              for r in collected.records if r.name == "idlakd.access"}
+    assert levels == {"/healthz": "DEBUG", "/readyz": "DEBUG", "/voices": "INFO"}
+
+
+def test_a_repeated_warning_is_written_a_few_times_a_minute(tmp_path: Path) -> None:
+    """The same warning from a retry loop (the database down) 50 times: 3 lines, then one
+    saying how many were left out once the minute is over; other warnings and access lines
+    are not held back."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    log_file = tmp_path / "idlakd.log"
+    try:
+        listener = setup_logging(make_config(tmp_path, log_file=str(log_file)))
+        jobs, access = logging.getLogger("idlakd.synth.jobs"), logging.getLogger("idlakd.access")
+        for n in range(50):
+            jobs.warning("Could not look for jobs: %s", f"connection refused #{n}")
+            access.info("a request line %d", n)
+        jobs.warning("Could not delete old jobs: %s", "connection refused")
+        listener.stop()
+        for handler in listener.handlers:
+            handler.close()
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    text = log_file.read_text()
+    assert re.findall(r"Could not look for jobs: connection refused #(\d+)", text) == ["0", "1", "2"]
+    assert "Could not delete old jobs" in text
+    assert len(re.findall(r"a request line \d+", text)) == 50
+
+
+def test_the_line_after_a_quiet_window_counts_what_was_left_out() -> None:
+    limiter = RepeatFilter(window=0.2, burst=2)
+    log = logging.getLogger("idlakd.test.repeats")
+
+    def passes(n: int) -> list[str]:
+        records = [log.makeRecord(log.name, logging.WARNING, __file__, 1, "down: %s", (i,), None)
+                   for i in range(n)]
+        return [r.getMessage() for r in records if limiter.filter(r)]
+
+    assert passes(10) == ["down: 0", "down: 1"]
+    time.sleep(0.25)
+    assert passes(3) == ["down: 0 [8 more like this left out]", "down: 1"]
+    info = log.makeRecord(log.name, logging.INFO, __file__, 1, "down: %s", (0,), None)
+    assert all(limiter.filter(info) for _ in range(10))

@@ -43,6 +43,8 @@ async def cluster(tmp_path: Path, postgres_server: PostgresServer) -> AsyncItera
         tmp_path, database=await postgres_server.create_database(),
         trusted_proxies="127.0.0.1", drain_seconds=str(DRAIN_SECONDS),
         login_max_failures_per_address="3",
+        # DEBUG: the access lines of HAProxy's /readyz probes are DEBUG lines.
+        log_level="DEBUG",
         # One user runs the whole load; a killed node's running syntheses would count against
         # it for seconds (until its heartbeats are missed), which is not what is tested here.
         quota_concurrent="0"))
@@ -97,11 +99,13 @@ async def test_nodes_see_the_client_address_haproxy_forwards(
     async with from_address(CLIENT) as client:
         token = await login(client, balancer.url, "admin", cluster.admin_password())
         # Wrong passwords from one client: its address is locked out (per node, so within
-        # 2 x 3 failures), not HAProxy's address that every client shares.
+        # 2 x 3 failures), not HAProxy's address that every client shares — also when the
+        # client sends a Forwarded header of its own, which HAProxy passes through.
         statuses = []
         for n in range(7):
             async with client.post(balancer.url + "/auth",
-                                   json={"uid": f"nobody{n}", "password": "wrong"}) as resp:
+                                   json={"uid": f"nobody{n}", "password": "wrong"},
+                                   headers={"Forwarded": "for=198.51.100.1"}) as resp:
                 statuses.append(resp.status)
                 if resp.status == 429:
                     break
@@ -118,6 +122,7 @@ async def test_nodes_see_the_client_address_haproxy_forwards(
     assert f'{OTHER_CLIENT} "GET /users" 200' in logs
     assert '127.0.0.1 "POST /auth"' not in logs, "the balancer's address stood for a client"
     assert '127.0.0.1 "GET /readyz" 200' in logs, "HAProxy's own checks come from itself"
+    assert "198.51.100.1" not in logs
 
 
 @dataclasses.dataclass

@@ -12,6 +12,7 @@ import textwrap
 from typing import Final
 
 from idlakd import __version__
+from idlakd.cli.log_repeats import RepeatFilter
 from idlakd.config import SETTINGS, Config, Setting
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,9 @@ def setup_logging(config: Config) -> logging.handlers.QueueListener:
     target.setFormatter(logging.Formatter(LOG_FORMAT))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    queued = logging.handlers.QueueHandler(records)
+    queued.addFilter(RepeatFilter())  # before the record is formatted: templates are compared
+    root.handlers[:] = [queued]
     root.setLevel(config.log_level)
     # aiohttp's own access logger duplicates ours (and would log query strings).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

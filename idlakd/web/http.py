@@ -24,6 +24,7 @@ from idlakd.web.proxies import client_address
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("idlakd.access")
+PROBE_PATHS: Final = frozenset({"/healthz", "/readyz"})
 ACCESS_FORMAT: Final = '%s "%s %s" %d %dB %.1fms rid=%s uid=%s'
 # nginx's status for a client that closed the connection before any answer.
 CLIENT_CLOSED: Final = 499
@@ -199,9 +200,14 @@ class AccessLogger(AbstractAccessLogger):
     """One line per request: method, path, status, bytes, duration, request id, user id."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        """Write the line; never headers, bodies, tokens or query strings (they may hold text)."""
-        self.logger.info(
-            ACCESS_FORMAT,
+        """Write the line; never headers, bodies, tokens or query strings (they may hold text).
+
+        A balancer's probes (/healthz, /readyz: one every few seconds per balancer, for ever)
+        are DEBUG lines; a failing probe's cause is logged as a warning by the check itself.
+        """
+        level = logging.DEBUG if request.path in PROBE_PATHS else logging.INFO
+        self.logger.log(
+            level, ACCESS_FORMAT,
             # raw_path: still percent-encoded, so a %0A in the URL cannot forge a log line.
             client_address(request), request.method, request.rel_url.raw_path, response.status,
             response.body_length, time * 1000, request.get(request_id_key, "-"),
@@ -209,5 +215,5 @@ class AccessLogger(AbstractAccessLogger):
 
     @property
     def enabled(self) -> bool:
-        """Only when the access logger would emit INFO lines."""
+        """Only when the access logger would emit INFO lines (probes' DEBUG lines need those too)."""
         return self.logger.isEnabledFor(logging.INFO)
