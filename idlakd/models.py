@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Any
 
-ENGINES = ("espeak", "tangle", "command")
+ENGINES = ("espeak", "tangle", "command", "piper")
 GENDERS = ("male", "female")
 
 

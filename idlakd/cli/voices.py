@@ -79,7 +79,8 @@ def add_voice_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p_add.add_argument("-n", "--name", required=True, help="display name")
     p_add.add_argument("-g", "--gender", required=True, choices=["male", "female"])
     p_add.add_argument("-d", "--dir", help="voice directory (its voice.conf gives lng= and acc=)")
-    p_add.add_argument("-e", "--engine", default="tangle", choices=["tangle", "espeak", "command"])
+    p_add.add_argument("-e", "--engine", default="tangle",
+                       choices=["tangle", "espeak", "command", "piper"])
     p_add.add_argument("-l", "--lang", help="language (default: lng= of voice.conf)")
     p_add.add_argument("-a", "--acc", help="accent (default: acc= of voice.conf)")
     p_add.add_argument("-o", "--options", help="engine options as a JSON object")

@@ -10,7 +10,9 @@ from typing import Any, Final
 
 from idlakd.config import Config
 from idlakd.models import ENGINES, GENDERS, Voice
-from idlakd.worker.engines import missing_files
+from idlakd.worker.engines import EngineError, missing_files
+from idlakd.worker.engines.piper import model_path as piper_model_path
+from idlakd.worker.engines.piper import read_model as read_piper_model
 from idlakd.worker.engines.tangle import read_voice_conf as tangle_voice_conf
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ def voice_from_entry(entry: Any, config: Config, base: Path | None = None) -> Vo
             conf = read_voice_conf(resolved)
     elif engine == "tangle":
         raise VoiceDefinitionError(f"voice {vid}: an Idlak (tangle) voice needs 'dir'")
+    if engine == "piper":
+        directory, options, conf = _piper_voice(vid, options, directory, config, base)
     reason = missing_files(engine, directory, options, config.idlak_root)
     if reason:
         raise VoiceDefinitionError(f"voice {vid}: {reason}")
@@ -95,8 +99,29 @@ def voice_from_entry(entry: Any, config: Config, base: Path | None = None) -> Vo
                  sample_rate=sample_rate)
 
 
+def _piper_voice(vid: str, options: dict[str, Any], directory: str, config: Config,
+                 base: Path | None) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """A piper voice's directory and options, its model path made absolute, and its .onnx.json
+    facts as the voice.conf keys lng, acc and srate."""
+    try:
+        model = options.get("model")
+        if isinstance(model, str) and ("/" in model or model.endswith(".onnx")):
+            path = piper_model_path(options, directory, base)
+            options = {**options, "model": str(path)}
+            if not directory:
+                # The model's directory is the voice's data, the one its worker may read:
+                # confined like any voice directory before anything in it is read.
+                directory = str(confined_directory(str(path.parent), config))
+        found = read_piper_model(options, directory, base)
+    except EngineError as exc:
+        raise VoiceDefinitionError(f"voice {vid}: {exc}") from None
+    return directory, options, {"lng": found.language, "acc": found.accent,
+                                "srate": str(found.sample_rate)}
+
+
 def load_voice_config(path: Path, config: Config) -> list[Voice]:
-    """Every usable voice of a voiceconfig.json; unusable entries are skipped with a warning."""
+    """Every usable voice of a voiceconfig.json; unusable entries are skipped with a warning
+    (an entry with "optional": true, with an INFO line)."""
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -112,5 +137,10 @@ def load_voice_config(path: Path, config: Config) -> list[Voice]:
         try:
             voices.append(voice_from_entry(entry, config, base=path.parent))
         except VoiceDefinitionError as exc:
-            log.warning("Voice config %s entry %d skipped: %s", path, number + 1, exc)
+            # An optional entry (the piper voice of the default list) needs an extra that
+            # may not be installed: without it, nothing is wrong.
+            optional = isinstance(entry, dict) and entry.get("optional") is True
+            log.log(logging.INFO if optional else logging.WARNING,
+                    "Voice config %s entry %d skipped%s: %s", path, number + 1,
+                    " (optional)" if optional else "", exc)
     return voices

@@ -1,6 +1,6 @@
 """Synthesis worker process: loads one voice, then serves framed requests on stdin/stdout.
 
-    python -m idlakd.worker --engine {espeak,tangle,command} [--directory DIR]
+    python -m idlakd.worker --engine {espeak,tangle,command,piper} [--directory DIR]
         [--options JSON] [--idlak-root PATH] [--name TAG] [--log-level LEVEL]
         [--memory-mb N] [--allow-read PATH ...]
 
@@ -69,7 +69,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse the worker's command line."""
     parser = argparse.ArgumentParser(prog="python -m idlakd.worker",
                                      description="idlakd synthesis worker (framed pipe protocol)")
-    parser.add_argument("--engine", required=True, choices=("espeak", "tangle", "command"))
+    parser.add_argument("--engine", required=True,
+                        choices=("espeak", "tangle", "command", "piper"))
     parser.add_argument("--directory", default="", help="voice directory")
     parser.add_argument("--options", default="{}", help="engine options as a JSON object")
     parser.add_argument("--idlak-root", type=Path, default=None, help="Idlak checkout (tangle)")

@@ -82,6 +82,9 @@ _SYSTEM_READ: Final = ("/lib", "/lib32", "/lib64", "/libx32", "/usr/lib", "/usr/
 # A command voice runs a program of the admin's choice, which may be any tool
 # installed on the system; /etc stays closed (it holds the daemon's config).
 _COMMAND_READ: Final = ("/usr", "/bin", "/sbin")
+# onnxruntime (piper) reads the CPU's features there to pick its kernels (AVX2, AVX-512...):
+# without it, it warns and may run slower.
+_PIPER_READ: Final = ("/proc/cpuinfo",)
 # Written by the worker when its parent is gone, and by programs as a sink.
 _WRITABLE_FILES: Final = ("/dev/null",)
 
@@ -197,6 +200,8 @@ def read_paths(engine: str, directory: str, idlak_root: str, extra: Iterable[str
         paths.append(idlak_root)  # pyIdlak, Kaldi's libraries and Idlak's text data
     if engine == "command":
         paths += _COMMAND_READ
+    if engine == "piper":
+        paths += _PIPER_READ
     paths += [path for path in (directory, *extra) if path]
     return list(dict.fromkeys(os.path.abspath(path) for path in paths))
 

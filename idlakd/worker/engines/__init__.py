@@ -1,7 +1,8 @@
 """Synthesis engines run inside a worker: the Engine interface, loading, and cheap voice checks.
 
 Engines are imported lazily: the daemon calls ``missing_files`` (which never
-loads eSpeak or imports pyIdlak), only the worker calls ``load_engine``.
+loads eSpeak or imports pyIdlak, piper-tts or onnxruntime), only the worker
+calls ``load_engine``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from idlakd.worker.engines.base import (Engine, EngineError, Word, command_progr
 __all__ = ["ENGINE_NAMES", "Engine", "EngineError", "Word", "command_program", "load_engine",
            "missing_files", "pyidlak_search_dir"]
 
-ENGINE_NAMES: Final = ("espeak", "tangle", "command")
+ENGINE_NAMES: Final = ("espeak", "tangle", "command", "piper")
 
 
 def load_engine(name: str, directory: str, options: Mapping[str, Any],
@@ -32,6 +33,9 @@ def load_engine(name: str, directory: str, options: Mapping[str, Any],
     if name == "command":
         from idlakd.worker.engines.command import CommandEngine
         return CommandEngine(directory, options)
+    if name == "piper":
+        from idlakd.worker.engines.piper import PiperEngine
+        return PiperEngine(directory, options)
     raise EngineError(f"unknown engine {name!r} (known: {', '.join(ENGINE_NAMES)})")
 
 
@@ -57,5 +61,8 @@ def missing_files(engine: str, directory: str, options: dict[str, Any],
             # find_spec on a top-level name locates the package without importing it.
             return "pyIdlak is not importable: set idlak_root to an Idlak checkout"
         return None
+    if engine == "piper":
+        from idlakd.worker.engines.piper import missing_reason as piper_missing
+        return piper_missing(options, directory)
     _, reason = command_program(options.get("argv"), directory)
     return reason
