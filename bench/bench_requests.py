@@ -17,9 +17,10 @@ Per round and server: `wrk -t1 -c64 -d<seconds>s` (Debian's wrk, not pinned to a
 that checks a token); then target 3 on each daemon: p99 of `GET /languages` (one client, one
 request every 10 ms, 8 s) while 16 clients send failing logins for one uid as fast as they can
 (bench_api.languages_under_auth). The uid is locked first (failing logins one by one until a
-429), so every flood measures the same steady state: a locked uid's 429s, each still read from
-the store (failures are counted there for every node). Prints medians with [min-max] over the rounds, and each
-daemon's req/s over the bare handler's of the same round.
+429), so every flood measures the same steady state: a locked uid's 429s, each checked against
+the failures the store counts for every node. Prints medians with [min-max] over the rounds,
+each daemon's req/s over the bare handler's of the same round, the server's CPU time per
+request, and the refused logins answered per second during the flood.
 """
 
 from __future__ import annotations
