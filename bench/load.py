@@ -125,11 +125,14 @@ class Server:
 
 def start_server(state_dir: Path, bcrypt_rounds: int | None = None,
                  settings: dict[str, str] | None = None, log_path: Path | None = None,
-                 extra_env: dict[str, str] | None = None) -> Server:
-    """Start the real daemon on a free loopback port; wait until it answers."""
+                 extra_env: dict[str, str] | None = None, root: Path = REPO) -> Server:
+    """Start the real daemon on a free loopback port; wait until it answers.
+
+    root: the source tree to run (another checkout's idlakd, e.g. a "before" copy).
+    """
     port = free_port()
     values = {"state_dir": str(state_dir), "port": str(port), "host": "127.0.0.1",
-              "voice_config": str(REPO / "voiceconfig.json"), "log_level": "WARNING"}
+              "voice_config": str(root / "voiceconfig.json"), "log_level": "WARNING"}
     if bcrypt_rounds is not None:
         values["bcrypt_rounds"] = str(bcrypt_rounds)
     values.update(settings or {})
@@ -139,10 +142,10 @@ def start_server(state_dir: Path, bcrypt_rounds: int | None = None,
     argv.append("serve")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("IDLAKD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
     env.update(extra_env or {})
     log = open(log_path or os.devnull, "w")
-    process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log,
+    process = subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.PIPE, stderr=log,
                                text=True)
     log.close()
     assert process.stdout is not None

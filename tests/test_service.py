@@ -27,7 +27,8 @@ from idlakd.synth.synthesizer import Synthesizer
 from idlakd.synth.transcode import ffmpeg_executable
 from idlakd.web.audio import SpeechRequest, speak
 from idlakd.web.http import error_middleware
-from idlakd.web.keys import config_key, synth_key
+from idlakd.web.keys import config_key, runtime_key, synth_key
+from idlakd.web.runtime import Runtime
 
 voices_key = web.AppKey("voices", dict)
 
@@ -57,6 +58,7 @@ def tiny_app(config: Config, synthesizer: Synthesizer, *voices: Voice) -> web.Ap
     """An app with only POST /speech in front of the synthesizer."""
     app = web.Application(middlewares=[error_middleware])
     app[config_key] = config
+    app[runtime_key] = Runtime()  # error_middleware names requests by it, as in the real app
     app[synth_key] = synthesizer
     app[voices_key] = {voice.id: voice for voice in voices}
     app.router.add_post("/speech", speech)

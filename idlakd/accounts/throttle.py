@@ -23,6 +23,8 @@ from idlakd.store.factory import Store
 THROTTLED: Final = "Too many failed login attempts, try again later"
 TOO_MANY_ATTEMPTS: Final = "Too many login attempts from this address, try again later"
 MAX_TRACKED_KEYS: Final = 100_000
+#: How long a refused attempt waits before its 429, holding its uid's turn (see attempt()).
+REFUSAL_DELAY_SECONDS: Final = 0.05
 
 
 class SlidingWindows:
@@ -97,11 +99,13 @@ class LoginThrottle:
 
     def __init__(self, max_per_uid: int, max_per_address: int, window_seconds: float,
                  clock: Callable[[], float] = time.time,
-                 max_attempts_per_address: int | None = None) -> None:
+                 max_attempts_per_address: int | None = None,
+                 refusal_delay: float = REFUSAL_DELAY_SECONDS) -> None:
         self.max_per_uid = max_per_uid
         self.max_per_address = max_per_address
         self.max_attempts_per_address = max_attempts_per_address
         self.window = window_seconds
+        self.refusal_delay = refusal_delay
         # Wall-clock time (not monotonic): failures are compared with unlock instants and
         # failure times that other processes write to the store.
         self.clock = clock
@@ -147,7 +151,8 @@ class LoginThrottle:
         Attempts on one uid (from a known address: on one pair) run one at a time on this
         node, so parallel guesses cannot all pass check() before the first failure is counted;
         attempts still running count against their keys. (Across nodes, each node has at most
-        one check of a uid running at a time.)
+        one check of a uid running at a time.) A refused attempt keeps the turn for
+        `refusal_delay` before it raises.
         """
         lock_key = f"{address} {uid}" if known else uid
         lock, holders = self._locks.get(lock_key, (None, 0))
@@ -155,7 +160,14 @@ class LoginThrottle:
         self._locks[lock_key] = (lock, holders + 1)
         try:
             async with lock:
-                await self.check(store, uid, address, known, unlocked_at)
+                try:
+                    await self.check(store, uid, address, known, unlocked_at)
+                except RateLimited:
+                    # Refused guesses at a uid are answered one per delay, in turn: a flood of
+                    # them would otherwise take the loop from everyone else, as many 429s a
+                    # second as it can write (bench/RESULTS.md, section 3). Costs no CPU.
+                    await asyncio.sleep(self.refusal_delay)
+                    raise
                 self._attempts.add(f"addr:{address}", self.clock())
                 keys = [key for key, _, _ in self._limits(uid, address, known)]
                 for key in keys:

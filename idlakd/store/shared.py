@@ -3,12 +3,19 @@ the change counters a daemon reads to learn what another process changed."""
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import functools
 import sqlite3
 from contextlib import AbstractAsyncContextManager
 from typing import Callable, Final, Iterable, Mapping
 
 import aiosqlite
+
+from idlakd.store.snapshot import ReadCache
+
+#: Failure times of one throttle key kept in memory at most; a key with more is counted by SQL.
+CACHED_FAILURES: Final = 256
 
 #: Topics whose changes a daemon acts on (it caches something derived from them).
 VOICES: Final = "voices"
@@ -67,6 +74,7 @@ class SharedTables:
     # Given by the Store this mixes into: the read-only connection, a write transaction.
     reader: aiosqlite.Connection
     _write: Callable[[], AbstractAsyncContextManager[aiosqlite.Connection]]
+    _cache: ReadCache
 
     async def change_versions(self) -> dict[str, int]:
         """How often each topic has changed (a counter per topic, raised by the database)."""
@@ -77,6 +85,16 @@ class SharedTables:
         """Failures of each key after its instant (window start or last unlock), in one read."""
         found: dict[str, FailureCount] = {}
         for key, instant in since.items():
+            # A flood of guesses at a locked uid reads these on every attempt: the times of a
+            # key, from memory while nothing was written (they are few: counting stops at the
+            # limit); a key with very many (a generous per-address limit) is counted by SQL.
+            times = await self._cache.read(("failures", key),
+                                           functools.partial(self._failure_times, key))
+            if times is not None:
+                recent = times[bisect.bisect_right(times, instant):]
+                if recent:
+                    found[key] = FailureCount(len(recent), recent[0])
+                continue
             async with self.reader.execute(
                     "SELECT COUNT(*), MIN(at) FROM login_failures WHERE key = ? AND at > ?",
                     (key, instant)) as cur:
@@ -84,6 +102,16 @@ class SharedTables:
             if row is not None and row[0]:
                 found[key] = FailureCount(int(row[0]), float(row[1]))
         return found
+
+    async def _failure_times(self, key: str) -> tuple[float, ...] | None:
+        """Every failure time of key, oldest first; None when there are more than CACHED_FAILURES."""
+        async with self.reader.execute(
+                "SELECT at FROM login_failures WHERE key = ? ORDER BY at LIMIT ?",
+                (key, CACHED_FAILURES + 1)) as cur:
+            rows = await cur.fetchall()
+        if len(rows) > CACHED_FAILURES:
+            return None
+        return tuple(float(row[0]) for row in rows)
 
     async def add_login_failure(self, keys: Iterable[str], at: float,
                                 forget_before: float) -> None:

@@ -22,6 +22,7 @@ from idlakd.models import ApiKey, Limits, SynthesisCharge, Usage, User, Voice
 from idlakd.store.daemons import DAEMONS_MIGRATION, DaemonTables
 from idlakd.store.jobs import JOBS_MIGRATION, JobTables, delete_jobs_of
 from idlakd.store.shared import SHARED_MIGRATION, SharedTables, statements
+from idlakd.store.snapshot import DataVersion, ReadCache
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +263,9 @@ class Store(JobTables, SharedTables, DaemonTables):
         self._probe_lock = asyncio.Lock()
         self._probed_at = float("-inf")
         self._probe_failure: StoreError | None = None
+        # Voices, lists and token states answered from memory while nothing was committed.
+        self._version = DataVersion(path)
+        self._cache = ReadCache(self._version)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -294,6 +298,7 @@ class Store(JobTables, SharedTables, DaemonTables):
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             await self._reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await self._reader.execute("PRAGMA query_only = ON")
+            await self._version.open()
         except sqlite3.DatabaseError as exc:
             await self.close()
             raise StoreError(f"database {self.path}: {exc}") from exc
@@ -303,6 +308,7 @@ class Store(JobTables, SharedTables, DaemonTables):
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
+        self._version.close()
         if self._reader is not None:
             reader, self._reader = self._reader, None
             await reader.close()
@@ -344,6 +350,9 @@ class Store(JobTables, SharedTables, DaemonTables):
                 if isinstance(exc, sqlite3.OperationalError):
                     self._raise_write_failure(exc)
                 raise
+            finally:
+                # What this process wrote is seen by its next read, even in this loop turn.
+                self._cache.forget()
 
     def _raise_write_failure(self, exc: sqlite3.OperationalError) -> NoReturn:
         """Raise the domain error of a failed write: busy and unwritable are 503s, others stay."""
@@ -419,6 +428,10 @@ class Store(JobTables, SharedTables, DaemonTables):
 
     async def get_user(self, uid: str) -> User | None:
         """The user with this uid, or None."""
+        return await self._cache.read(("user", uid), lambda: self._get_user(uid))
+
+    async def _get_user(self, uid: str) -> User | None:
+        """get_user, read from the file."""
         async with self.reader.execute("SELECT uid, admin FROM users WHERE uid = ?", (uid,)) as cur:
             row = await cur.fetchone()
         return User(uid=row[0], admin=bool(row[1])) if row else None
@@ -462,6 +475,11 @@ class Store(JobTables, SharedTables, DaemonTables):
 
     async def login_state(self, uid: str, address: str) -> LoginState:
         """The hash, last unlock and whether address is known for uid, in one read."""
+        return await self._cache.read(("login", uid, address),
+                                      lambda: self._login_state(uid, address))
+
+    async def _login_state(self, uid: str, address: str) -> LoginState:
+        """login_state, read from the file."""
         async with self.reader.execute(
                 "SELECT password_hash, unlocked_at, EXISTS (SELECT 1 FROM "
                 "json_each(login_addresses) WHERE value = ?) FROM users WHERE uid = ?",
@@ -528,6 +546,10 @@ class Store(JobTables, SharedTables, DaemonTables):
     async def token_state(self, jti: str, uid: str) -> TokenState:
         """In one query: is this token revoked, the user it names, and the instants before
         which that user's tokens are not theirs (created_at) or no longer valid (valid_after)."""
+        return await self._cache.read(("token", jti, uid), lambda: self._token_state(jti, uid))
+
+    async def _token_state(self, jti: str, uid: str) -> TokenState:
+        """token_state, read from the file."""
         async with self.reader.execute(
             "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?), u.admin, u.created_at, "
             "u.valid_after FROM (SELECT 1) LEFT JOIN users u ON u.uid = ?",
@@ -552,6 +574,13 @@ class Store(JobTables, SharedTables, DaemonTables):
     async def list_voices(self, language: str | None = None, accent: str | None = None,
                           gender: str | None = None) -> list[Voice]:
         """Voices matching the given filters, ordered by id."""
+        found = await self._cache.read(("voices", language, accent, gender),
+                                       lambda: self._list_voices(language, accent, gender))
+        return list(found)
+
+    async def _list_voices(self, language: str | None, accent: str | None,
+                           gender: str | None) -> tuple[Voice, ...]:
+        """list_voices, read from the file."""
         clauses: list[str] = []
         params: list[str] = []
         for column, value in (("language", language), ("accent", accent), ("gender", gender)):
@@ -562,10 +591,14 @@ class Store(JobTables, SharedTables, DaemonTables):
         async with self.reader.execute(
                 f"SELECT {_VOICE_COLUMNS} FROM voices{where} ORDER BY id", params) as cur:
             rows = await cur.fetchall()
-        return [_voice(r) for r in rows]
+        return tuple(_voice(r) for r in rows)
 
     async def get_voice(self, voice_id: str) -> Voice | None:
         """The voice with this id, or None."""
+        return await self._cache.read(("voice", voice_id), lambda: self._get_voice(voice_id))
+
+    async def _get_voice(self, voice_id: str) -> Voice | None:
+        """get_voice, read from the file."""
         async with self.reader.execute(
                 f"SELECT {_VOICE_COLUMNS} FROM voices WHERE id = ?", (voice_id,)) as cur:
             row = await cur.fetchone()
@@ -573,18 +606,27 @@ class Store(JobTables, SharedTables, DaemonTables):
 
     async def languages(self) -> list[str]:
         """Distinct languages of all voices, sorted."""
+        return list(await self._cache.read(("languages",), self._languages))
+
+    async def _languages(self) -> tuple[str, ...]:
+        """languages, read from the file."""
         async with self.reader.execute(
                 "SELECT DISTINCT language FROM voices ORDER BY language") as cur:
             rows = await cur.fetchall()
-        return [r[0] for r in rows]
+        return tuple(r[0] for r in rows)
 
     async def accents(self, language: str) -> list[str]:
         """Distinct accents of one language, sorted."""
+        return list(await self._cache.read(("accents", language),
+                                           lambda: self._accents(language)))
+
+    async def _accents(self, language: str) -> tuple[str, ...]:
+        """accents, read from the file."""
         async with self.reader.execute(
                 "SELECT DISTINCT accent FROM voices WHERE language = ? ORDER BY accent",
                 (language,)) as cur:
             rows = await cur.fetchall()
-        return [r[0] for r in rows]
+        return tuple(r[0] for r in rows)
 
     async def upsert_voices(self, voices: Iterable[Voice]) -> int:
         """Add or update voices on an operator's request; a removed voice added so is back.
@@ -678,12 +720,16 @@ class Store(JobTables, SharedTables, DaemonTables):
 
     async def list_api_keys(self, uid: str | None = None) -> list[ApiKey]:
         """The live keys of one user (or of everyone), oldest first."""
+        return list(await self._cache.read(("keys", uid), lambda: self._list_api_keys(uid)))
+
+    async def _list_api_keys(self, uid: str | None) -> tuple[ApiKey, ...]:
+        """list_api_keys, read from the file."""
         where, params = ("WHERE k.uid = ?", (uid,)) if uid is not None else ("", ())
         async with self.reader.execute(
                 f"SELECT {_KEY_COLUMNS} FROM api_keys k {_LIVE_KEY} {where} "
                 "ORDER BY k.uid, k.created_at, k.rowid", params) as cur:
             rows = await cur.fetchall()
-        return [ApiKey(*row) for row in rows]
+        return tuple(ApiKey(*row) for row in rows)
 
     async def api_key_holder(self, digest: bytes) -> KeyHolder | None:
         """The key with this digest, with its stored digest and the user it was made for."""

@@ -10,16 +10,15 @@ from aiohttp import web
 
 from idlakd.accounts.passwords import Passwords
 from idlakd.accounts.quotas import Quotas
-from idlakd.accounts.tokens import load_secret
+from idlakd.accounts.tokens import TokenVerifier, load_secret
 from idlakd.accounts.users import ensure_first_admin, write_initial_password
 from idlakd.web.admin.pages import setup_admin
-from idlakd.web.auth import auth_middleware
 from idlakd.web.guard import guard_middleware
 from idlakd.config import Config
 from idlakd.web.connections import body_deadline_middleware
 from idlakd.web.http import error_middleware, on_response_prepare
 from idlakd.web.keys import (config_key, jobs_key, passwords_key, quotas_key, runtime_key,
-                             secret_key, store_key, synth_key, throttle_key)
+                             secret_key, store_key, synth_key, throttle_key, verifier_key)
 from idlakd.web.ops.metrics import metrics_middleware, setup_metrics
 from idlakd.web.proxies import TrustedProxies, client_address_middleware
 from idlakd.web.routes import setup_routes
@@ -51,6 +50,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         # The secret file, or (PostgreSQL without one) the secret every node shares.
         app[secret_key] = await load_secret(config.secret_file, store)
+        app[verifier_key] = TokenVerifier(app[secret_key])
         await quotas.start()
         # Make the dummy hash now, so the first login of an unknown uid costs no more than later ones.
         await app[passwords_key].check("", None)
@@ -99,8 +99,10 @@ async def synth_ctx(app: web.Application) -> AsyncIterator[None]:
 async def changes_ctx(app: web.Application) -> AsyncIterator[None]:
     """Act on what other nodes and the CLI change: a removed or changed voice's workers stop.
 
-    Only the voices have a per-node copy (the synthesizer's pools); users, tokens, keys,
-    passwords, limits and login failures are read from the store on every request.
+    Only the voices have a per-node copy here (the synthesizer's pools). The SQLite store's
+    read cache (store/snapshot.py) checks the file's data version itself, at once; on
+    PostgreSQL users, tokens, keys, passwords, limits and login failures are read on every
+    request (a NOTIFY arrives after the commit, so a copy could answer from before it).
     """
     watcher = ChangeWatcher(app[store_key], app[config_key].change_check_seconds)
     watcher.subscribe(VOICES, lambda: retire_stale_pools(app))
@@ -137,12 +139,11 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(
         # metrics outermost, so it times and counts the final status error_middleware produced.
         # body_deadline inside error_middleware: it answers its own 408, nothing logs a traceback.
-        # auth only authenticates (reads the token); guard then enforces the route's access,
-        # before any handler reads a body.
+        # guard enforces the route's access (authenticating the token only where the route
+        # needs one), before any handler reads a body.
         # client_address first: every line and counter after it sees the real client.
         middlewares=[client_address_middleware(proxies), metrics_middleware, error_middleware,
-                     body_deadline_middleware,
-                     auth_middleware, guard_middleware],
+                     body_deadline_middleware, guard_middleware],
         client_max_size=config.max_body_bytes,
     )
     app[config_key] = config

@@ -1,7 +1,7 @@
 """Authentication over HTTP: the bearer token (or API key) of a request, checked and kept on it.
 
-The auth middleware only authenticates; what a route needs is declared in the route table
-and enforced by idlakd.web.guard.
+This only authenticates, when the guard (idlakd.web.guard, which enforces what the route table
+declares) first asks: a public route never pays for a token check.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import time
 from aiohttp import web
 
 from idlakd.accounts import keys as api_keys
-from idlakd.accounts.tokens import (INVALID_TOKEN, MISSING_HEADER, TokenClaims, decode_token,
+from idlakd.accounts.tokens import (INVALID_TOKEN, MISSING_HEADER, TokenClaims, TokenVerifier,
                                     token_user)
 from idlakd.errors import NotAuthenticated
 from idlakd.models import User
-from idlakd.web.http import Handler
-from idlakd.web.keys import config_key, secret_key, store_key, token_key
+from idlakd.web.keys import config_key, store_key, token_key, verifier_key
 
 # Who every request is when authorization is off (config authorization = false).
 ANONYMOUS = User(uid="anonymous", admin=True)
@@ -34,16 +33,16 @@ def bearer_token(header: str | None) -> str | None:
     return ""
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate only: verify a token's signature and times (or hash an API key), keep the
-    result on the request."""
-    token = bearer_token(request.headers.get("Authorization"))
-    request[token_key] = verified(request.app[secret_key], token)
-    return await handler(request)
+def authenticate(request: web.Request) -> TokenClaims | api_keys.PresentedKey | NotAuthenticated:
+    """The request's verified token or API key (or why it has none), found once and kept on it."""
+    result = request.get(token_key)
+    if result is None:
+        token = bearer_token(request.headers.get("Authorization"))
+        result = request[token_key] = verified(request.app[verifier_key], token)
+    return result
 
 
-def verified(secret: bytes, token: str | None
+def verified(verifier: TokenVerifier, token: str | None
              ) -> TokenClaims | api_keys.PresentedKey | NotAuthenticated:
     """A presented token's verified claims, an API key's digest, or why it is neither."""
     if token is None:
@@ -53,7 +52,7 @@ def verified(secret: bytes, token: str | None
     try:
         if api_keys.looks_like_key(token):
             return api_keys.presented(token)
-        return decode_token(secret, token)
+        return verifier.decode(token)
     except NotAuthenticated as exc:
         return exc
 
@@ -61,9 +60,9 @@ def verified(secret: bytes, token: str | None
 async def token_holder(request: web.Request) -> User:
     """The user the request's verified token or API key names (still existing, not revoked,
     not expired), or raise 401."""
+    result = authenticate(request)
     if not request.app[config_key].authorization:
         return ANONYMOUS
-    result = request[token_key]
     if isinstance(result, NotAuthenticated):
         raise result
     if isinstance(result, api_keys.PresentedKey):

@@ -16,7 +16,7 @@ from idlakd.web.admin.session import (CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, S
 from idlakd.web.admin.signing import AdminSession, csrf_ok
 from idlakd.web.auth import token_holder, verified
 from idlakd.web.keys import (access_key, admin_session_key, config_key, secret_key, store_key,
-                             token_key, user_id_key, user_key)
+                             token_key, user_id_key, user_key, verifier_key)
 from idlakd.web.ops.metrics import is_local
 
 FORM_EXPIRED: Final = ("This form has expired or did not come from this page (CSRF check "
@@ -91,7 +91,7 @@ async def socket_caller(request: web.Request,
     user = request.get(user_key)
     if user is not None:
         return user
-    request[token_key] = verified(request.app[secret_key], await first_token())
+    request[token_key] = verified(request.app[verifier_key], await first_token())
     await _token_user(request, admin=False)
     return request[user_key]
 

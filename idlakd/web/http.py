@@ -7,7 +7,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from typing import Any, Final, Mapping
 
 from aiohttp import hdrs, web
@@ -18,8 +17,8 @@ from idlakd.web.access import Handler as Handler  # re-exported: the middlewares
 from idlakd.web.admin.pages import error_page, is_admin_path, sign_in_redirect
 from idlakd.web.admin.session import SignInRequired
 from idlakd.web.errors import headers_of, is_openai_path, openai_error, status_of
-from idlakd.web.keys import (access_key, request_id_key, request_start_key, started_response_key,
-                             user_id_key)
+from idlakd.web.keys import (access_key, request_id_key, request_start_key, runtime_key,
+                             started_response_key, user_id_key)
 from idlakd.web.proxies import client_address
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ def request_id(request: web.Request) -> str:
     rid = request.get(request_id_key)
     if rid is None:
         incoming = request.headers.get("X-Request-Id", "")
-        rid = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        rid = incoming if _REQUEST_ID_RE.match(incoming) else request.app[runtime_key].new_request_id()
         request[request_id_key] = rid
     return rid
 

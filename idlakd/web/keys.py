@@ -15,7 +15,7 @@ from idlakd.accounts.keys import PresentedKey
 from idlakd.accounts.passwords import Passwords
 from idlakd.accounts.quotas import Quotas
 from idlakd.accounts.throttle import LoginThrottle
-from idlakd.accounts.tokens import TokenClaims
+from idlakd.accounts.tokens import TokenClaims, TokenVerifier
 from idlakd.config import Config
 from idlakd.errors import NotAuthenticated
 from idlakd.models import User
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 config_key: Final = web.AppKey("config", Config)
 store_key: Final = web.AppKey("store", Store)
 secret_key: Final = web.AppKey("secret", bytes)
+verifier_key: Final = web.AppKey("verifier", TokenVerifier)
 passwords_key: Final = web.AppKey("passwords", Passwords)
 throttle_key: Final = web.AppKey("throttle", LoginThrottle)
 quotas_key: Final = web.AppKey("quotas", Quotas)

@@ -61,6 +61,17 @@ class Metrics:
         # The daemon's own memory, CPU and open files (process_*), and python_info.
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+        # labels() checks and looks up its arguments on every call: the children, found once.
+        self._answered: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+    def answered(self, route: str, method: str, status: str, seconds: float) -> None:
+        """Count one answered request and observe its duration."""
+        children = self._answered.get((route, method, status))
+        if children is None:
+            children = self._answered[(route, method, status)] = (
+                self.requests.labels(route, method, status), self.latency.labels(route, method))
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class SynthCollector(Collector):

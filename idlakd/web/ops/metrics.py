@@ -52,8 +52,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         route = route_label(request)
         method = request.method if request.method in KNOWN_METHODS else "OTHER"
-        metrics.requests.labels(route, method, str(status)).inc()
-        metrics.latency.labels(route, method).observe(time.perf_counter() - start)
+        metrics.answered(route, method, str(status), time.perf_counter() - start)
 
 
 async def observe_first_byte(request: web.Request, response: web.StreamResponse) -> None:
