@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -274,3 +275,58 @@ async def test_stopping_a_stuck_command_worker_stops_its_program(
             break
         await asyncio.sleep(0.05)
     assert processes_with(marker) == []
+
+
+async def _busy(pool: VoicePool, count: int) -> None:
+    """Until count chunks are on the pool's workers (running or queued behind one)."""
+    async with asyncio.timeout(5):
+        while pool.busy < count:
+            await asyncio.sleep(0.01)
+
+
+async def test_a_chunk_queues_behind_a_busy_worker(make_pool: PoolFactory, tmp_path: Path) -> None:
+    """With every worker busy, the next chunk's request waits in the worker's pipe; audio stays right."""
+    pool = await make_pool(standin_voice(tmp_path, delay_per_sentence=0.15), workers_per_voice="1")
+    texts = ["First sentence.", "Second sentence.", "Third sentence."]
+    alone = [await pool.synthesize(chunk(text)) for text in texts]
+    [pid] = pool.worker_pids
+    together = asyncio.gather(*(pool.synthesize(chunk(text)) for text in texts))
+    await _busy(pool, 2)
+    # One worker, two chunks on it: one running, one queued behind.
+    assert pool.worker_pids == [pid] and pool.stats().busy == 2
+    assert await together == alone
+    assert pool.worker_pids == [pid] and pool.stats().idle == 1 and pool.busy == 0
+
+
+async def test_a_queued_chunk_cancelled_stops_its_worker_after_the_running_one(
+        make_pool: PoolFactory, tmp_path: Path) -> None:
+    """A chunk cancelled while queued leaves the chunk ahead whole; its unread answer retires the worker."""
+    pool = await make_pool(standin_voice(tmp_path, delay_per_sentence=0.1), workers_per_voice="1")
+    first, second = await pool.synthesize(chunk("First one.")), await pool.synthesize(chunk("Second."))
+    [pid] = pool.worker_pids
+    ahead = asyncio.create_task(pool.synthesize(chunk("First one.")))
+    queued = asyncio.create_task(pool.synthesize(chunk("Second.")))
+    await _busy(pool, 2)
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert await ahead == first
+    assert await wait_gone({pid}) == set()
+    assert await pool.synthesize(chunk("Second.")) == second
+    assert pool.worker_pids != [pid] and pool.busy == 0
+
+
+async def test_a_queued_chunk_is_retried_when_the_worker_dies_ahead_of_it(
+        make_pool: PoolFactory, tmp_path: Path) -> None:
+    """The worker killed under the running chunk: that one fails, the queued one runs on a new worker."""
+    pool = await make_pool(standin_voice(tmp_path, delay_per_sentence=0.3), workers_per_voice="1")
+    second = await pool.synthesize(chunk("Second."))
+    [pid] = pool.worker_pids
+    ahead = asyncio.create_task(pool.synthesize(chunk("First one.")))
+    queued = asyncio.create_task(pool.synthesize(chunk("Second.")))
+    await _busy(pool, 2)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(WorkerFailed):
+        await ahead
+    assert await queued == second
+    assert pool.worker_count == 1 and pool.worker_pids != [pid] and pool.busy == 0

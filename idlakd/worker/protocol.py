@@ -24,6 +24,8 @@ Messages, parent -> worker (worker stdin):
   semitones and dB, for engines that apply it), ``{"break_ms": int}``
   (silence, at most ``MAX_BREAK_MS``) or ``{"mark": str}`` (a named point).
   The daemon's document model writes them; the worker checks them again.
+  The parent may write the next ``synthesize`` before the current one has ended (so the
+  worker finds it waiting); the worker answers requests one after another, in order.
 - Closing the worker's stdin asks it to shut down.
 
 Messages, worker -> parent (worker's protocol fd, its original stdout):
@@ -32,7 +34,8 @@ Messages, worker -> parent (worker's protocol fd, its original stdout):
   ``engine`` (str).
 - Per request, in order: ``start`` (``id``, ``sample_rate``), zero or more
   ``audio`` (``id``; payload = mono signed 16-bit little-endian PCM, at most
-  ``MAX_AUDIO_PAYLOAD`` bytes per frame, sent as soon as the engine yields it)
+  ``MAX_AUDIO_PAYLOAD`` bytes per frame; a request's first audio is sent as soon as the
+  engine yields it, later audio in full frames, and the rest just before ``end``)
   and, when the request asked for events, ``event`` frames (``id``, ``kind``
   "text" | "mark" | "word", ``segment`` (its index), ``sample`` (offset in
   the request's audio); a word adds ``start`` and ``length``, characters in
