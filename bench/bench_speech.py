@@ -140,8 +140,12 @@ async def server(standin_dir: Path, tree: Path = REPO, **settings: str
         try:
             async with aiohttp.ClientSession() as session:
                 for _ in range(200):
+                    if proc.returncode is not None:
+                        raise RuntimeError(f"server exited ({proc.returncode}); port {port} taken?")
+                    # The stand-in voice is this run's own: a server of someone else's that
+                    # took the port between free_port() and the bind would not have it.
                     with contextlib.suppress(aiohttp.ClientError):
-                        async with session.get(f"{base}/voices/{VOICE_ID}") as response:
+                        async with session.get(f"{base}/voices/{STANDIN_ID}") as response:
                             if response.status == 200:
                                 break
                     await asyncio.sleep(0.05)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -18,6 +17,7 @@ from idlakd.errors import Busy
 from idlakd.models import Voice
 from idlakd.synth.limiter import SynthesisLimiter
 from idlakd.synth.pool import VoicePool
+from idlakd.synth.segments import Chunk, Text
 from idlakd.synth.tasks import BackgroundTasks
 from idlakd.synth.workers import EngineFailed, WorkerFailed
 from tests.helpers.processes import child_pids, wait_gone
@@ -277,56 +277,20 @@ async def test_stopping_a_stuck_command_worker_stops_its_program(
     assert processes_with(marker) == []
 
 
-async def _busy(pool: VoicePool, count: int) -> None:
-    """Until count chunks are on the pool's workers (running or queued behind one)."""
-    async with asyncio.timeout(5):
-        while pool.busy < count:
-            await asyncio.sleep(0.01)
-
-
-async def test_a_chunk_queues_behind_a_busy_worker(make_pool: PoolFactory, tmp_path: Path) -> None:
-    """With every worker busy, the next chunk's request waits in the worker's pipe; audio stays right."""
-    pool = await make_pool(standin_voice(tmp_path, delay_per_sentence=0.15), workers_per_voice="1")
-    texts = ["First sentence.", "Second sentence.", "Third sentence."]
-    alone = [await pool.synthesize(chunk(text)) for text in texts]
-    [pid] = pool.worker_pids
-    together = asyncio.gather(*(pool.synthesize(chunk(text)) for text in texts))
-    await _busy(pool, 2)
-    # One worker, two chunks on it: one running, one queued behind.
-    assert pool.worker_pids == [pid] and pool.stats().busy == 2
-    assert await together == alone
-    assert pool.worker_pids == [pid] and pool.stats().idle == 1 and pool.busy == 0
-
-
-async def test_a_queued_chunk_cancelled_stops_its_worker_after_the_running_one(
+async def test_a_slow_engine_audio_streams_and_never_counts_as_silence(
         make_pool: PoolFactory, tmp_path: Path) -> None:
-    """A chunk cancelled while queued leaves the chunk ahead whole; its unread answer retires the worker."""
-    pool = await make_pool(standin_voice(tmp_path, delay_per_sentence=0.1), workers_per_voice="1")
-    first, second = await pool.synthesize(chunk("First one.")), await pool.synthesize(chunk("Second."))
-    [pid] = pool.worker_pids
-    ahead = asyncio.create_task(pool.synthesize(chunk("First one.")))
-    queued = asyncio.create_task(pool.synthesize(chunk("Second.")))
-    await _busy(pool, 2)
-    queued.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await queued
-    assert await ahead == first
-    assert await wait_gone({pid}) == set()
-    assert await pool.synthesize(chunk("Second.")) == second
-    assert pool.worker_pids != [pid] and pool.busy == 0
+    """The worker holds audio back to fill frames only briefly: a chunk whose texts each take
+    0.4 s runs past a 0.7 s silence deadline, its audio arriving text by text."""
+    pool = await make_pool(standin_voice(tmp_path, delay_per_sentence=0.4),
+                           synthesis_timeout_seconds="0.7")
+    await pool.synthesize(chunk("Warm up."))
+    arrivals: list[float] = []
 
+    async def sink(_rate: int, _pcm: bytes) -> None:
+        arrivals.append(asyncio.get_running_loop().time())
 
-async def test_a_queued_chunk_is_retried_when_the_worker_dies_ahead_of_it(
-        make_pool: PoolFactory, tmp_path: Path) -> None:
-    """The worker killed under the running chunk: that one fails, the queued one runs on a new worker."""
-    pool = await make_pool(standin_voice(tmp_path, delay_per_sentence=0.3), workers_per_voice="1")
-    second = await pool.synthesize(chunk("Second."))
-    [pid] = pool.worker_pids
-    ahead = asyncio.create_task(pool.synthesize(chunk("First one.")))
-    queued = asyncio.create_task(pool.synthesize(chunk("Second.")))
-    await _busy(pool, 2)
-    os.kill(pid, signal.SIGKILL)
-    with pytest.raises(WorkerFailed):
-        await ahead
-    assert await queued == second
-    assert pool.worker_count == 1 and pool.worker_pids != [pid] and pool.busy == 0
+    texts = Chunk((Text("Hello there."), Text("Hello again."), Text("Good bye.")))
+    await pool.stream(texts, sink)
+    # Audio came in three bursts, one per text, not all at the end.
+    assert arrivals[-1] - arrivals[0] > 0.6
+

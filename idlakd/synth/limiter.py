@@ -108,18 +108,6 @@ class SynthesisLimiter:
         finally:
             lease.give_back()
 
-    async def slot_now(self, admission: Admission | None) -> Lease | None:
-        """An interactive slot if one is free with nobody waiting for it, else None (never waits)."""
-        if self._slots.locked():
-            return None
-        # Not locked: this takes the slot at once, without yielding to another task.
-        await self._slots.acquire()
-        self._last_interactive = time.monotonic()
-        lease = Lease(self)
-        if admission is not None:
-            admission.started()
-        return lease
-
     def background_may_start(self) -> bool:
         """Whether a background chunk may take a slot now: no interactive chunk waits for one
         (the semaphore is not locked) or runs or did within quiet seconds, and fewer than

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
-import functools
 import hashlib
 import itertools
 import logging
@@ -16,11 +14,10 @@ from idlakd.config import Config
 from idlakd.models import Voice
 from idlakd.synth.document import Chunk
 from idlakd.synth.limiter import Admission, Lease, SynthesisLimiter
-from idlakd.synth.places import Places
 from idlakd.synth.stats import PoolStats
 from idlakd.synth.tasks import BackgroundTasks
 from idlakd.synth.workers import (BUSY_STOP_GRACE, IDLE_STOP_GRACE, AudioSink, Collector,
-                                  EngineFailed, EventSink, Ticket, Worker, WorkerFailed)
+                                  EngineFailed, EventSink, Worker, WorkerFailed)
 from idlakd.worker.protocol import encode_segments
 
 log = logging.getLogger(__name__)
@@ -28,33 +25,6 @@ log = logging.getLogger(__name__)
 # A chunk that killed or stalled a worker is refused for this long (bounded count).
 FATAL_CHUNK_MEMORY_SECONDS: Final = 600.0
 FATAL_CHUNK_MEMORY_SIZE: Final = 1024
-
-
-@dataclasses.dataclass
-class _Place:
-    """A chunk's hold on one of the pool's workers_per_voice places (see places.py).
-
-    A chunk queued behind another on the same worker holds none until that one ends and
-    hands its place over, so the places always bound the workers running at once.
-    """
-
-    owned: bool = False
-
-
-@dataclasses.dataclass
-class _Offer:
-    """Room behind the chunk running on a busy worker, reserved for one waiting chunk, with its slot."""
-
-    worker: Worker
-    lease: Lease
-    #: The queued chunk's place, filled when the chunk ahead hands its own over.
-    place: _Place
-    #: Its request, written to the worker's pipe when the room was given (in queue order).
-    ticket: Ticket
-
-
-#: What a waiting chunk gives for an offer: its chunk, and whether it wants events.
-_Want = tuple[Chunk, bool]
 
 
 def _chunk_digest(chunk: Chunk) -> str:
@@ -73,7 +43,7 @@ class VoicePool:
         self._limiter = limiter
         self._background = background
         self.size = config.workers_per_voice
-        self._places: Places[_Offer, _Want] = Places(self.size, self._undo_offer)
+        self._capacity = asyncio.Semaphore(self.size)
         self._idle: collections.deque[Worker] = collections.deque()
         self._workers: set[Worker] = set()
         self._names = itertools.count(1)
@@ -87,12 +57,6 @@ class VoicePool:
         self.errors = 0
         self.synthesis_seconds = 0.0
         self.audio_seconds = 0.0
-        # Busy workers with a chunk's request already in their pipe, behind the running one
-        # (that chunk's place, filled when the running one hands its place over).
-        self._queued: dict[Worker, _Place] = {}
-        # Busy workers whose queued chunk gave up before its turn: its answers would be out of
-        # step, so the worker is stopped once its running chunk ends.
-        self._stale: set[Worker] = set()
         # Digests of chunks that killed or stalled a worker mid-synthesis, with when.
         self._fatal_chunks: collections.OrderedDict[str, float] = collections.OrderedDict()
 
@@ -168,7 +132,6 @@ class VoicePool:
     def _discard(self, worker: Worker, grace: float = BUSY_STOP_GRACE) -> asyncio.Task[Any]:
         """Stop a worker in the background (it finishes even if the caller is cancelled)."""
         self._workers.discard(worker)
-        self._stale.discard(worker)
         with contextlib.suppress(ValueError):
             self._idle.remove(worker)
         return self._background.spawn(worker.stop(grace))
@@ -189,34 +152,20 @@ class VoicePool:
 
         Returns the sample rate once the chunk is complete; raises SynthesisError.
         """
-        background = admission is not None and admission.background
-        if not background:
-            # When every worker is busy, a chunk may queue in a busy worker's pipe (with a
-            # synthesis slot free now): the worker goes from its chunk to this one without a
-            # round trip to the daemon (~0.6 ms idle per eSpeak sentence), and with no gap
-            # while the daemon waits for a CPU. A chunk that waits is offered such room too.
-            want = (chunk, on_event is not None)
-            offer = await self._offer_now(admission, want)
-            if offer is None:
-                offer = await self._places.acquire(want)
-            if offer is not None:
-                if admission is not None:
-                    admission.started()
-                return await self._stream_behind(offer, chunk, sink, on_slot, on_event)
         # A background chunk (a job's) takes its slot before a worker of the voice: waiting
         # for a slot, it must not hold a worker an interactive request of the voice could use.
-        place = _Place(owned=not background)
+        background = admission is not None and admission.background
         async with contextlib.AsyncExitStack() as held:
-            held.callback(self._release, place)
+            if not background:
+                await held.enter_async_context(self._capacity)
             lease = await held.enter_async_context(self._limiter.slot(admission))
             if background:
-                await self._places.acquire()
-                place.owned = True
+                await held.enter_async_context(self._capacity)
             if on_slot is not None:
                 on_slot(lease)
             worker, fresh = await self._checkout()
             try:
-                return await self._run(worker, chunk, sink, place, on_event)
+                return await self._run(worker, chunk, sink, on_event)
             except WorkerFailed as exc:
                 # A warm worker that died while idle (killed from outside, or
                 # exiting as we picked it) had not started this chunk (nothing
@@ -226,99 +175,7 @@ class VoicePool:
                     raise
                 log.warning("Retrying a chunk of voice %s on a new worker", self.voice.id)
             worker, _fresh = await self._checkout(spawn=True)
-            return await self._run(worker, chunk, sink, place, on_event)
-
-    def _queue_candidate(self) -> Worker | None:
-        """A busy worker with nothing queued behind its chunk (None if none, or the pool is ending)."""
-        if self._closed or self.retired:
-            return None
-        for worker in self._workers:
-            if (worker.alive and worker not in self._queued and worker not in self._stale
-                    and worker not in self._idle):
-                return worker
-        return None
-
-    async def _slot_behind(self, admission: Admission | None) -> tuple[Worker, Lease] | None:
-        """A busy worker with room behind its chunk and a synthesis slot, if both are free now."""
-        worker = self._queue_candidate()
-        if worker is None:
-            return None
-        # Never waits: a slot free now, or None.
-        lease = await self._limiter.slot_now(admission)
-        return None if lease is None else (worker, lease)
-
-    def _book(self, worker: Worker, lease: Lease, want: _Want) -> _Offer:
-        """Queue a chunk behind worker's: its request goes into the pipe now."""
-        chunk, events = want
-        offer = _Offer(worker, lease, _Place(), worker.send(chunk, events))
-        self._queued[worker] = offer.place
-        return offer
-
-    async def _offer_now(self, admission: Admission | None, want: _Want) -> _Offer | None:
-        """Room behind a busy worker for a chunk that just came, if no place is free and none waits."""
-        if not self._places.locked() or self._places.offer_wanted():
-            return None
-        found = await self._slot_behind(admission)
-        return None if found is None else self._book(*found, want)
-
-    async def _offer_waiters(self) -> None:
-        """Offer waiting chunks the room behind busy workers (a worker's queue just emptied)."""
-        while self._places.offer_wanted():
-            found = await self._slot_behind(None)
-            if found is None:
-                return
-            self._places.offer(functools.partial(self._book, *found))
-
-    def _undo_offer(self, offer: _Offer) -> None:
-        """A chunk given room behind a worker was cancelled before it ran: as if cancelled queued."""
-        offer.lease.give_back()
-        if not offer.ticket.done.done():
-            offer.ticket.done.set_result(False)  # whoever is queued behind it fails and retries
-        worker = offer.worker
-        if self._queued.get(worker) is offer.place:
-            # The chunk ahead still runs: the worker is stopped after it (a request it will
-            # answer is in its pipe, unread).
-            del self._queued[worker]
-            self._stale.add(worker)
-            return
-        # The chunk ahead ended and handed the worker over: out of step, so it is stopped.
-        successor = self._queued.pop(worker, None)
-        if successor is not None:
-            successor.owned, offer.place.owned = offer.place.owned, False
-        if worker in self._workers:
-            self._discard(worker)
-        self._release(offer.place)
-
-    async def _stream_behind(self, offer: _Offer, chunk: Chunk, sink: AudioSink,
-                             on_slot: Callable[[Lease], None] | None,
-                             on_event: EventSink | None) -> int:
-        """Run the chunk queued behind the one running on the offer's worker; its audio follows that chunk's."""
-        place = offer.place
-        try:
-            if on_slot is not None:
-                on_slot(offer.lease)
-            try:
-                return await self._run(offer.worker, chunk, sink, place, on_event, offer.ticket)
-            except WorkerFailed as exc:
-                # The worker failed on the chunk ahead of this one, which never started:
-                # one retry on a fresh worker, as for a warm worker found dead.
-                if not exc.before_start:
-                    raise
-                log.warning("Retrying a chunk of voice %s on a new worker", self.voice.id)
-            if not place.owned:
-                await self._places.acquire()
-                place.owned = True
-            worker, _fresh = await self._checkout(spawn=True)
-            return await self._run(worker, chunk, sink, place, on_event)
-        finally:
-            self._release(place)
-            offer.lease.give_back()
-
-    def _release(self, place: _Place) -> None:
-        """Give a chunk's place back, if it holds one."""
-        if place.owned:
-            place.owned = False
-            self._places.release()
+            return await self._run(worker, chunk, sink, on_event)
 
     async def _checkout(self, spawn: bool = False) -> tuple[Worker, bool]:
         """A warm idle worker, else a new one: (worker, whether it is new)."""
@@ -339,21 +196,17 @@ class VoicePool:
             raise WorkerFailed(f"voice {self.voice.id}: the service is stopping")
         return worker, True
 
-    async def _run(self, worker: Worker, chunk: Chunk, sink: AudioSink, place: _Place,
-                   on_event: EventSink | None = None, ticket: Ticket | None = None) -> int:
-        """Run one chunk on a worker (queued behind its chunk if given a ticket); then idle it,
-        hand it to the chunk queued behind, or stop it if in doubt."""
+    async def _run(self, worker: Worker, chunk: Chunk, sink: AudioSink,
+                   on_event: EventSink | None = None) -> int:
+        """Run one chunk on a checked-out worker; it goes back idle, or is stopped if in doubt."""
         self._workers.add(worker)
         self.busy += 1
         keep = False
         loop = asyncio.get_running_loop()
         started = loop.time()
-        if ticket is None:
-            ticket = worker.send(chunk, on_event is not None)
-            await self._offer_waiters()  # room behind this chunk (never waits)
         try:
             rate, size = await worker.stream(chunk, self._config.synthesis_timeout_seconds, sink,
-                                             on_event, ticket)
+                                             on_event)
             keep = True
             self.syntheses += 1
             self.synthesis_seconds += loop.time() - started
@@ -374,23 +227,9 @@ class VoicePool:
             # unknown, so it is stopped rather than reused. A retired pool keeps
             # a good worker only while a stream still has chunks for it.
             self.busy -= 1
-            if self._queued.get(worker) is place:
-                # Gave up before the chunk ahead of it ended: the worker is still that
-                # chunk's, with this request unread in its pipe; it is stopped after that one.
-                del self._queued[worker]
-                self._stale.add(worker)
-            elif (successor := self._queued.pop(worker, None)) is not None:
-                # The chunk queued behind runs on this worker now (or sees its failure and
-                # retries elsewhere): it takes this chunk's place.
-                successor.owned, place.owned = place.owned, False
-                if not (keep and worker.alive) and worker in self._workers:
-                    await asyncio.shield(self._discard(worker))
-                else:
-                    await self._offer_waiters()  # room behind the successor (never waits)
-            elif (keep and worker.alive and not self._closed and worker not in self._stale
-                  and (not self.retired or self.users)):
+            if keep and worker.alive and not self._closed and (not self.retired or self.users):
                 self._idle.append(worker)
-            elif worker in self._workers:
+            else:
                 await asyncio.shield(self._discard(worker))
 
     def reap_idle(self, now: float) -> int:

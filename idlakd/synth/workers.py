@@ -116,20 +116,6 @@ class Silence:
             self._timer = None
 
 
-@dataclasses.dataclass
-class Ticket:
-    """A request already written to a worker's input: its id, and its turn among the worker's answers."""
-
-    request_id: int
-    #: Set when the request before it has been read to its end (True) or abandoned mid-way
-    #: (False: the pipe is mid-frame, the worker is unusable); None for the first request.
-    after: asyncio.Future[bool] | None
-    #: Set the same way for this request, when its reader is done with it.
-    done: asyncio.Future[bool]
-    #: Whether its frames began to be read (its turn came).
-    reading: bool = False
-
-
 class Collector:
     """A sink that keeps every frame (whole-chunk synthesis, where the caller wants it all)."""
 
@@ -189,8 +175,6 @@ class Worker:
         self.engine = ""
         self.last_used = asyncio.get_running_loop().time()
         self._ids = itertools.count(1)
-        # The last request written: the next one's answers come after its answers.
-        self._last: asyncio.Future[bool] | None = None
         self._stderr_task = asyncio.create_task(self._log_stderr())
 
     @property
@@ -281,22 +265,8 @@ class Worker:
         rate, _size = await self.stream(chunk, timeout, collector)
         return rate, b"".join(collector.parts)
 
-    def send(self, chunk: Chunk, events: bool = False) -> Ticket:
-        """Write a chunk's request now; stream() it with the ticket. Requests queue in the pipe:
-        a worker finishing one chunk finds the next already there, with no idle gap."""
-        assert self.process.stdin is not None
-        request_id = next(self._ids)
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        ticket = Ticket(request_id, self._last, done)
-        self._last = done
-        # A broken input fails at drain() in stream().
-        self.process.stdin.write(encode_frame(
-            SYNTHESIZE, encode_request(chunk.wire(), events), id=request_id))
-        return ticket
-
     async def stream(self, chunk: Chunk, timeout: float, sink: AudioSink,
-                     on_event: EventSink | None = None, ticket: Ticket | None = None
-                     ) -> tuple[int, int]:
+                     on_event: EventSink | None = None) -> tuple[int, int]:
         """Synthesise one chunk, passing each audio frame to sink(rate, pcm) as it arrives.
 
         Returns (sample_rate, PCM bytes) once the worker ended the chunk. Audio
@@ -308,24 +278,12 @@ class Worker:
         (timeout applies to reading frames only). Whatever the sink raises ends
         the chunk, and the caller stops the worker (it is mid-utterance).
         With on_event, the worker reports where segments and words fall.
-        With a ticket from send(), the request is already written (perhaps while an
-        earlier chunk still runs): its frames are read once the earlier one's are.
         """
-        if ticket is None:
-            ticket = self.send(chunk, on_event is not None)
-        try:
-            return await self._answer(ticket, chunk, timeout, sink, on_event)
-        finally:
-            if not ticket.done.done():
-                # Abandoned mid-way (or never read): the worker's answers are out of step.
-                ticket.done.set_result(False)
-
-    async def _answer(self, ticket: Ticket, chunk: Chunk, timeout: float, sink: AudioSink,
-                      on_event: EventSink | None) -> tuple[int, int]:
-        """Wait for the ticket's turn, then read its frames to its end; see stream()."""
         assert self.process.stdin is not None
-        request_id = ticket.request_id
+        request_id = next(self._ids)
         try:
+            self.process.stdin.write(encode_frame(
+                SYNTHESIZE, encode_request(chunk.wire(), on_event is not None), id=request_id))
             async with asyncio.timeout(timeout):
                 await self.process.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
@@ -334,11 +292,6 @@ class Worker:
             raise failure from None
         except TimeoutError:
             raise WorkerFailed(f"worker {self.name} not reading its input for {timeout:g} s") from None
-        if ticket.after is not None and not await asyncio.shield(ticket.after):
-            failure = WorkerFailed(f"worker {self.name} failed on the chunk before")
-            failure.before_start = True
-            raise failure
-        ticket.reading = True
         size = 0
         rate = self.sample_rate
         started = False
@@ -374,11 +327,9 @@ class Worker:
                         raise WorkerFailed(f"worker {self.name} announced {samples} samples, "
                                            f"sent {size // 2}")
                     self.last_used = asyncio.get_running_loop().time()
-                    ticket.done.set_result(True)
                     return rate, size
                 elif frame.type == ERROR:
                     self.last_used = asyncio.get_running_loop().time()
-                    ticket.done.set_result(True)  # the worker serves on, in step
                     raise EngineFailed(str(frame.header.get("message") or "synthesis failed"))
                 else:
                     raise WorkerFailed(f"worker {self.name} sent unexpected {frame.type!r}")

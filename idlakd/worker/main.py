@@ -47,6 +47,9 @@ EXIT_FATAL: Final = protocol.EXIT_FATAL
 # a CPU instead of blocking on its write every ~0.7 ms of work. Back-pressure still holds,
 # this much later; 256 KiB keeps hundreds of workers inside the per-user pipe allowance.
 PIPE_BYTES: Final = 256 * 1024
+# Audio held back to fill a frame goes out at the latest this long after the last write: a
+# slow engine's audio still streams, and never looks like a worker gone silent.
+FLUSH_SECONDS: Final = 0.05
 # C0/C1 control characters other than tab, LF and CR (eSpeak reads U+0001 as a command).
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
@@ -216,11 +219,12 @@ def _synthesize_one(engine: "Engine", out: BinaryIO, request_id: Any,
     chunks = _audio(engine, request.segments, request.events)
     # The request's first audio goes out at once (time to first byte); after it, PCM is sent
     # in full frames of MAX_AUDIO_PAYLOAD (the daemon hands a chunk's audio on in pieces of
-    # that size anyway), the rest with `end` in one write: an eSpeak sentence takes ~4
-    # frames instead of ~9, and each frame costs the worker and the daemon a header, a
-    # write and a wake-up.
+    # that size anyway) or after FLUSH_SECONDS, the rest with `end` in one write: an eSpeak
+    # sentence takes ~4 frames instead of ~9, and each frame costs the worker and the daemon
+    # a header, a write and a wake-up.
     pending = bytearray()
     first = True
+    written = time.monotonic()
     while True:
         try:
             chunk = next(chunks)
@@ -247,16 +251,19 @@ def _synthesize_one(engine: "Engine", out: BinaryIO, request_id: Any,
         samples += len(data) // 2
         # Writes stay outside the try above: a broken pipe is not an engine error.
         if first and data:
-            first = False
+            first, written = False, time.monotonic()
             for payload in _frames(data):
                 write_frame_sync(out, protocol.AUDIO, payload, id=request_id)
             continue
         pending += data
-        if len(pending) >= protocol.MAX_AUDIO_PAYLOAD:
+        now = time.monotonic()
+        if len(pending) >= protocol.MAX_AUDIO_PAYLOAD or now - written >= FLUSH_SECONDS:
             whole = len(pending) - len(pending) % protocol.MAX_AUDIO_PAYLOAD
+            whole = whole or len(pending)  # not a full frame: sent because it waited long
             out.write(b"".join(_audio_frames(pending[:whole], request_id)))
             out.flush()
             del pending[:whole]
+            written = now
     out.write(b"".join(_audio_frames(pending, request_id))
               + protocol.encode_frame(protocol.END, id=request_id, samples=samples))
     out.flush()

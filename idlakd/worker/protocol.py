@@ -24,8 +24,6 @@ Messages, parent -> worker (worker stdin):
   semitones and dB, for engines that apply it), ``{"break_ms": int}``
   (silence, at most ``MAX_BREAK_MS``) or ``{"mark": str}`` (a named point).
   The daemon's document model writes them; the worker checks them again.
-  The parent may write the next ``synthesize`` before the current one has ended (so the
-  worker finds it waiting); the worker answers requests one after another, in order.
 - Closing the worker's stdin asks it to shut down.
 
 Messages, worker -> parent (worker's protocol fd, its original stdout):
