@@ -3,6 +3,11 @@
 Prints figures; it is not a test. Run from the repository root:
 
     .venv/bin/python bench/bench_speech.py [--repeat 5] [--concurrency 8] [--long-minutes 10]
+    .venv/bin/python bench/bench_speech.py --before /tmp/before15 [--rounds 5] [--repeat 7]
+
+With --before it prints only the eSpeak NG overhead with one worker per voice (issue 15,
+target 4): the daemon of that tree and of this one run side by side, requests alternate
+between them, and each is compared with its own tree's engine called directly.
 
 It starts `python -m idlakd serve` as a subprocess (state in a temp directory,
 authorization off), once with workers_per_voice=1 (pure serving overhead: one
@@ -110,8 +115,9 @@ def make_standin_voice(directory: Path, delay: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def server(standin_dir: Path, **settings: str) -> AsyncIterator[tuple[str, int]]:
-    """Run `python -m idlakd serve` with the given settings; yields (base URL, pid)."""
+async def server(standin_dir: Path, tree: Path = REPO, **settings: str
+                 ) -> AsyncIterator[tuple[str, int]]:
+    """Run `python -m idlakd serve` of the source tree with the given settings; yields (base URL, pid)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="idlakd-bench-") as state:
         voices = json.loads((REPO / "voiceconfig.json").read_text(encoding="utf-8"))
@@ -126,16 +132,20 @@ async def server(standin_dir: Path, **settings: str) -> AsyncIterator[tuple[str,
         for key, value in settings.items():
             args += ["--set", f"{key}={value}"]
         args += ["serve", "--host", "127.0.0.1", "--port", str(port)]
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ, PYTHONPATH=str(tree))
         proc = await asyncio.create_subprocess_exec(
-            *args, cwd=str(REPO), env=env, stdout=asyncio.subprocess.DEVNULL,
+            *args, cwd=str(tree), env=env, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
         try:
             async with aiohttp.ClientSession() as session:
                 for _ in range(200):
+                    if proc.returncode is not None:
+                        raise RuntimeError(f"server exited ({proc.returncode}); port {port} taken?")
+                    # The stand-in voice is this run's own: a server of someone else's that
+                    # took the port between free_port() and the bind would not have it.
                     with contextlib.suppress(aiohttp.ClientError):
-                        async with session.get(f"{base}/voices/{VOICE_ID}") as response:
+                        async with session.get(f"{base}/voices/{STANDIN_ID}") as response:
                             if response.status == 200:
                                 break
                     await asyncio.sleep(0.05)
@@ -194,6 +204,124 @@ async def latency(base: str, voice_id: str, rate: int, text: str, repeat: int,
             "audio": (size - 44) / 2 / rate}
 
 
+# The engine called directly, in a process of its own running a given tree's code (eSpeak
+# NG is one global library per process, so "before" and "after" engines cannot share one):
+# reads a JSON list of sentences per line, answers the seconds for the first and for all.
+DIRECT_ENGINE = """
+import json, sys, time
+from idlakd.worker.engines import load_engine
+engine = load_engine("espeak", "", json.loads(sys.argv[1]), None)
+for line in sys.stdin:
+    texts = json.loads(line)
+    start = time.perf_counter()
+    size = 0
+    first = 0.0
+    for text in texts:
+        size += sum(len(pcm) for pcm in engine.synthesize(text))
+        first = first or time.perf_counter() - start
+    print(json.dumps([first, time.perf_counter() - start, size]), flush=True)
+engine.close()
+"""
+
+
+class DirectEngine:
+    """eSpeak NG (alba) of one source tree, called directly in a helper process."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, tree: Path) -> "DirectEngine":
+        """Start the helper with the tree's code importable."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", DIRECT_ENGINE, json.dumps(VOICE_OPTIONS), cwd=str(tree),
+            env=dict(os.environ, PYTHONPATH=str(tree)), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE)
+        return cls(proc)
+
+    async def run(self, sentences: list[str]) -> tuple[float, float]:
+        """Synthesise the sentences one by one: (seconds for the first, seconds for all)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(sentences).encode() + b"\n")
+        first, total, _size = json.loads(await self.proc.stdout.readline())
+        return first, total
+
+    async def close(self) -> None:
+        """End the helper."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        await self.proc.wait()
+
+
+def spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    """'median [min-max]' of values times scale."""
+    return (f"{statistics.median(values) * scale:.{digits}f} "
+            f"[{min(values) * scale:.{digits}f}-{max(values) * scale:.{digits}f}]")
+
+
+async def overhead(before: Path, rounds: int, repeat: int, standin_dir: Path,
+                   say: Callable[[str], None]) -> None:
+    """Target 4: one worker per voice, before's server and this tree's, each against its own
+    engine called directly; requests alternate between the trees within every round."""
+    trees = {"before": before, "after": REPO}
+    texts = {"1 sentence": text_of(1), "20 sentences": text_of(20)}
+    # run medians per (tree, text, figure)
+    runs: dict[tuple[str, str, str], list[float]] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        bases: dict[str, str] = {}
+        directs: dict[str, DirectEngine] = {}
+        for name, tree in trees.items():
+            base, _pid = await stack.enter_async_context(
+                server(standin_dir, tree, workers_per_voice="1"))
+            bases[name] = base
+            directs[name] = await DirectEngine.start(tree)
+            stack.push_async_callback(directs[name].close)
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        for name, base in bases.items():  # warm each server's worker and each engine
+            for _ in range(3):
+                await speak(session, base, text_of(2))
+                await directs[name].run([c.text for c in parse(text_of(2)).chunks])
+        for round_ in range(rounds):
+            samples: dict[tuple[str, str, str], list[float]] = {}
+            for i in range(repeat):
+                for label, text in texts.items():
+                    chunks = [c.text for c in parse(text).chunks]
+                    order = ["before", "after"] if (i + round_) % 2 == 0 else ["after", "before"]
+                    for name in order:
+                        ttfb, total, _size = await speak(session, bases[name], text)
+                        first, direct = await directs[name].run(chunks)
+                        for figure, value in (("ttfb", ttfb), ("total", total),
+                                              ("direct", direct), ("first", first)):
+                            samples.setdefault((name, label, figure), []).append(value)
+            for key, values in samples.items():
+                runs.setdefault(key, []).append(statistics.median(values))
+            for name in trees:
+                for label in texts:
+                    total = statistics.median(samples[(name, label, "total")])
+                    direct = statistics.median(samples[(name, label, "direct")])
+                    runs.setdefault((name, label, "ratio"), []).append(total / direct)
+                    if label == "20 sentences":
+                        ttfb = statistics.median(samples[(name, label, "ttfb")])
+                        first = statistics.median(samples[(name, label, "first")])
+                        runs.setdefault((name, label, "ttfb/first"), []).append(ttfb / first)
+            say(f"  round {round_ + 1}: " + ", ".join(
+                f"{name} {label} {runs[(name, label, 'ratio')][-1]:.2f}"
+                for label in texts for name in trees))
+    say(f"\neSpeak NG (alba), workers_per_voice=1, wav; {rounds} rounds of {repeat} alternating "
+        "requests per tree and text; median of the round medians [range]; 'direct' is the same "
+        "tree's engine in a process of its own, sentence by sentence, right after each request:")
+    say("  text          tree    TTFB ms            total ms              direct ms             "
+        "total/direct        TTFB/first sentence")
+    for label in texts:
+        for name in trees:
+            key = (name, label)
+            ttfb_first = (spread(runs[(*key, "ttfb/first")], digits=2)
+                          if label == "20 sentences" else "")
+            say(f"  {label:13s} {name:7s} {spread(runs[(*key, 'ttfb')], 1000):18s} "
+                f"{spread(runs[(*key, 'total')], 1000):21s} {spread(runs[(*key, 'direct')], 1000):21s} "
+                f"{spread(runs[(*key, 'ratio')], digits=2):19s} {ttfb_first}")
+
+
 async def throughput(base: str, concurrency: int) -> tuple[float, float]:
     """N concurrent 5-sentence requests: (wall seconds, audio seconds per wall second)."""
     text = text_of(5)
@@ -239,6 +367,10 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--long-minutes", type=float, default=10.0)
     parser.add_argument("--standin-delay", type=float, default=0.1)
+    parser.add_argument("--before", type=Path, default=None,
+                        help="a source tree (e.g. a git archive of main) to compare with this "
+                             "one: prints only the one-worker overhead, before and after")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --repeat (with --before)")
     args = parser.parse_args()
 
     # The stand-in engine prints to fd 1 (as Idlak does); keep the report clean.
@@ -253,6 +385,9 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="idlakd-bench-voice-") as voice_dir:
         standin_dir = Path(voice_dir)
         make_standin_voice(standin_dir, args.standin_delay)
+        if args.before is not None:
+            await overhead(args.before.resolve(), args.rounds, args.repeat, standin_dir, say)
+            return
         engines = {
             VOICE_ID: (load_engine("espeak", "", VOICE_OPTIONS, None), SAMPLE_RATE,
                        "eSpeak NG (alba)"),

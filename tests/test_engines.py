@@ -125,6 +125,32 @@ def test_espeak_engine_in_process_streams_and_aborts() -> None:
         engine.close()
 
 
+def test_espeak_reset_undoes_prosody_and_an_aborted_text() -> None:
+    """After set_prosody or a text stopped half-way, reset() gives the voice's own pace back."""
+    engine = load_engine("espeak", "", {"voice": "en"}, None)
+
+    def length() -> int:
+        # eSpeak adds a little randomness to every text: compare durations, not bytes.
+        return len(b"".join(engine.synthesize("Good morning, how are you today?")))
+
+    try:
+        plain = length()
+        engine.reset()
+        assert abs(length() - plain) < plain * 0.05
+        engine.set_prosody(2.0, 0.0, 0.0)
+        assert length() < plain * 0.75
+        engine.reset()
+        assert abs(length() - plain) < plain * 0.05
+        engine.set_prosody(2.0, 0.0, 0.0)
+        partial = cast(Generator[bytes, None, None], engine.synthesize("One two three. " * 50))
+        next(partial)
+        partial.close()
+        engine.reset()
+        assert abs(length() - plain) < plain * 0.05
+    finally:
+        engine.close()
+
+
 def test_load_engine_errors(tmp_path: Path) -> None:
     """Unknown engines and unusable options raise EngineError."""
     with pytest.raises(EngineError):

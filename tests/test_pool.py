@@ -17,6 +17,7 @@ from idlakd.errors import Busy
 from idlakd.models import Voice
 from idlakd.synth.limiter import SynthesisLimiter
 from idlakd.synth.pool import VoicePool
+from idlakd.synth.segments import Chunk, Text
 from idlakd.synth.tasks import BackgroundTasks
 from idlakd.synth.workers import EngineFailed, WorkerFailed
 from tests.helpers.processes import child_pids, wait_gone
@@ -274,3 +275,22 @@ async def test_stopping_a_stuck_command_worker_stops_its_program(
             break
         await asyncio.sleep(0.05)
     assert processes_with(marker) == []
+
+
+async def test_a_slow_engine_audio_streams_and_never_counts_as_silence(
+        make_pool: PoolFactory, tmp_path: Path) -> None:
+    """The worker holds audio back to fill frames only briefly: a chunk whose texts each take
+    0.4 s runs past a 0.7 s silence deadline, its audio arriving text by text."""
+    pool = await make_pool(standin_voice(tmp_path, delay_per_sentence=0.4),
+                           synthesis_timeout_seconds="0.7")
+    await pool.synthesize(chunk("Warm up."))
+    arrivals: list[float] = []
+
+    async def sink(_rate: int, _pcm: bytes) -> None:
+        arrivals.append(asyncio.get_running_loop().time())
+
+    texts = Chunk((Text("Hello there."), Text("Hello again."), Text("Good bye.")))
+    await pool.stream(texts, sink)
+    # Audio came in three bursts, one per text, not all at the end.
+    assert arrivals[-1] - arrivals[0] > 0.6
+

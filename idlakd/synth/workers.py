@@ -59,6 +59,63 @@ EventSink = Callable[[ChunkEvent], None]
 _EVENT_KINDS: Final = frozenset({"text", "mark", "word"})
 
 
+class Silence:
+    """One deadline for a chunk's frames: TimeoutError once none arrived for `timeout` seconds.
+
+    Used as `with silence:` around each frame read. A new `asyncio.timeout` per frame
+    (a context, a timer handle and a heap entry each) was 13-15 % of the daemon's CPU
+    on the /speech path; here a frame costs a clock read, and one timer per chunk
+    re-arms itself only when it fires. Time spent outside the reads (the sink waiting
+    for a slow consumer) does not count as silence.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[Any] | None = None
+        self._since = 0.0  # when the current read began, or the last frame came
+        self._reading = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+
+    def __enter__(self) -> None:
+        """A read begins: the worker's silence counts from now."""
+        self._since = self._loop.time()
+        self._reading = True
+        if self._timer is None:
+            self._task = asyncio.current_task()
+            self._timer = self._loop.call_at(self._since + self._timeout, self._check)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 _trace: Any) -> bool:
+        """A read ended; a cancellation this deadline caused becomes TimeoutError."""
+        self._reading = False
+        if self._expired and kind is asyncio.CancelledError:
+            assert self._task is not None
+            if self._task.uncancel() == 0:
+                raise TimeoutError from error
+        return False
+
+    def _check(self) -> None:
+        """The timer fired: cancel the read if it has waited timeout, else fire again later."""
+        due = self._since + self._timeout
+        if not self._reading:
+            self._timer = None  # re-armed by the next read
+        elif self._loop.time() >= due:
+            self._timer = None
+            self._expired = True
+            assert self._task is not None
+            self._task.cancel()
+        else:
+            self._timer = self._loop.call_at(due, self._check)
+
+    def close(self) -> None:
+        """Drop the timer (the chunk ended)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class Collector:
     """A sink that keeps every frame (whole-chunk synthesis, where the caller wants it all)."""
 
@@ -172,7 +229,7 @@ class Worker:
                                f"{frame.header.get('message', 'no message')}")
         raise WorkerFailed(f"worker {self.name} sent {frame.type!r} instead of 'ready'")
 
-    async def _read(self, timeout: float) -> Any:
+    async def _read(self, timeout: float | None) -> Any:
         """Read one frame; every way it can fail becomes WorkerFailed."""
         assert self.process.stdout is not None
         try:
@@ -238,37 +295,46 @@ class Worker:
         size = 0
         rate = self.sample_rate
         started = False
-        while True:
-            try:
-                frame = await self._read(timeout)
-            except WorkerFailed as exc:
-                exc.before_start = not started
-                raise
-            if frame.header.get("id") != request_id:
-                raise WorkerFailed(f"worker {self.name} answered id {frame.header.get('id')!r}, "
-                                   f"expected {request_id}")
-            if frame.type == AUDIO:
-                if not started:
-                    raise WorkerFailed(f"worker {self.name} sent audio before 'start'")
-                size += len(frame.payload)
-                await sink(rate, frame.payload)
-            elif frame.type == EVENT and on_event is not None:
-                on_event(self._event(frame.header, len(chunk.segments)))
-            elif frame.type == START:
-                started = True
-                rate = int(frame.header.get("sample_rate") or rate)
-            elif frame.type == END:
-                samples = frame.header.get("samples")
-                if samples is not None and samples * 2 != size:
-                    raise WorkerFailed(f"worker {self.name} announced {samples} samples, "
-                                       f"sent {size // 2}")
-                self.last_used = asyncio.get_running_loop().time()
-                return rate, size
-            elif frame.type == ERROR:
-                self.last_used = asyncio.get_running_loop().time()
-                raise EngineFailed(str(frame.header.get("message") or "synthesis failed"))
-            else:
-                raise WorkerFailed(f"worker {self.name} sent unexpected {frame.type!r}")
+        silence = Silence(timeout)
+        try:
+            while True:
+                try:
+                    with silence:
+                        frame = await self._read(None)
+                except TimeoutError:
+                    failure = WorkerFailed(f"worker {self.name} silent for {timeout:g} s")
+                    failure.before_start = not started
+                    raise failure from None
+                except WorkerFailed as exc:
+                    exc.before_start = not started
+                    raise
+                if frame.header.get("id") != request_id:
+                    raise WorkerFailed(f"worker {self.name} answered id {frame.header.get('id')!r}, "
+                                       f"expected {request_id}")
+                if frame.type == AUDIO:
+                    if not started:
+                        raise WorkerFailed(f"worker {self.name} sent audio before 'start'")
+                    size += len(frame.payload)
+                    await sink(rate, frame.payload)
+                elif frame.type == EVENT and on_event is not None:
+                    on_event(self._event(frame.header, len(chunk.segments)))
+                elif frame.type == START:
+                    started = True
+                    rate = int(frame.header.get("sample_rate") or rate)
+                elif frame.type == END:
+                    samples = frame.header.get("samples")
+                    if samples is not None and samples * 2 != size:
+                        raise WorkerFailed(f"worker {self.name} announced {samples} samples, "
+                                           f"sent {size // 2}")
+                    self.last_used = asyncio.get_running_loop().time()
+                    return rate, size
+                elif frame.type == ERROR:
+                    self.last_used = asyncio.get_running_loop().time()
+                    raise EngineFailed(str(frame.header.get("message") or "synthesis failed"))
+                else:
+                    raise WorkerFailed(f"worker {self.name} sent unexpected {frame.type!r}")
+        finally:
+            silence.close()
 
     def _event(self, header: dict[str, Any], segments: int) -> ChunkEvent:
         """An event frame's fields checked; WorkerFailed if they make no sense."""

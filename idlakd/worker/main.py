@@ -18,6 +18,8 @@ gone, 2 the parent sent a malformed frame, 3 the engine could not load.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -40,6 +42,14 @@ logger = logging.getLogger("idlakd.worker.main")
 EXIT_OK: Final = 0
 EXIT_BAD_FRAME: Final = 2
 EXIT_FATAL: Final = protocol.EXIT_FATAL
+# The frame pipe's kernel buffer (Linux's default is 64 KiB, less than one eSpeak sentence):
+# room for a few sentences, so the worker goes on synthesising while the daemon waits for
+# a CPU instead of blocking on its write every ~0.7 ms of work. Back-pressure still holds,
+# this much later; 256 KiB keeps hundreds of workers inside the per-user pipe allowance.
+PIPE_BYTES: Final = 256 * 1024
+# Audio held back to fill a frame goes out at the latest this long after the last write: a
+# slow engine's audio still streams, and never looks like a worker gone silent.
+FLUSH_SECONDS: Final = 0.05
 # C0/C1 control characters other than tab, LF and CR (eSpeak reads U+0001 as a command).
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
@@ -102,6 +112,8 @@ def guard_stdout() -> BinaryIO:
     private = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    with contextlib.suppress(OSError, AttributeError):  # not a pipe, or not Linux: as it is
+        fcntl.fcntl(private, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     return open(private, "wb", closefd=True)
 
 
@@ -110,6 +122,12 @@ def _frames(data: bytes) -> Iterator[bytes]:
     step = protocol.MAX_AUDIO_PAYLOAD
     for start in range(0, len(data), step):
         yield data[start:start + step]
+
+
+def _audio_frames(pcm: bytes | bytearray, request_id: Any) -> Iterator[bytes]:
+    """Audio frames holding pcm, at most MAX_AUDIO_PAYLOAD bytes each."""
+    for payload in _frames(bytes(pcm)):
+        yield protocol.encode_frame(protocol.AUDIO, payload, id=request_id)
 
 
 def serve(engine: "Engine", stdin: BinaryIO, out: BinaryIO) -> int:
@@ -200,6 +218,14 @@ def _synthesize_one(engine: "Engine", out: BinaryIO, request_id: Any,
         write_frame_sync(out, protocol.ERROR, id=request_id, message=f"{type(exc).__name__}: {exc}")
         return
     chunks = _audio(engine, request.segments, request.events)
+    # The request's first audio goes out at once (time to first byte); after it, PCM is sent
+    # in full frames of MAX_AUDIO_PAYLOAD (the daemon hands a chunk's audio on in pieces of
+    # that size anyway) or after FLUSH_SECONDS, the rest with `end` in one write: an eSpeak
+    # sentence takes ~4 frames instead of ~9, and each frame costs the worker and the daemon
+    # a header, a write and a wake-up.
+    pending = bytearray()
+    first = True
+    written = time.monotonic()
     while True:
         try:
             chunk = next(chunks)
@@ -207,6 +233,7 @@ def _synthesize_one(engine: "Engine", out: BinaryIO, request_id: Any,
             break
         except Exception as exc:  # noqa: BLE001 - any engine failure fails only this request
             logger.exception("request %s failed", request_id)
+            out.write(b"".join(_audio_frames(pending, request_id)))
             write_frame_sync(out, protocol.ERROR, id=request_id,
                              message=f"{type(exc).__name__}: {exc}")
             return
@@ -222,11 +249,25 @@ def _synthesize_one(engine: "Engine", out: BinaryIO, request_id: Any,
         data = carry + chunk
         carry = data[len(data) & ~1:]
         data = data[:len(data) & ~1]
-        for payload in _frames(data):
-            # Writes stay outside the try above: a broken pipe is not an engine error.
-            write_frame_sync(out, protocol.AUDIO, payload, id=request_id)
         samples += len(data) // 2
-    write_frame_sync(out, protocol.END, id=request_id, samples=samples)
+        # Writes stay outside the try above: a broken pipe is not an engine error.
+        if first and data:
+            first, written = False, time.monotonic()
+            for payload in _frames(data):
+                write_frame_sync(out, protocol.AUDIO, payload, id=request_id)
+            continue
+        pending += data
+        now = time.monotonic()
+        if len(pending) >= protocol.MAX_AUDIO_PAYLOAD or now - written >= FLUSH_SECONDS:
+            whole = len(pending) - len(pending) % protocol.MAX_AUDIO_PAYLOAD
+            whole = whole or len(pending)  # not a full frame: sent because it waited long
+            out.write(b"".join(_audio_frames(pending[:whole], request_id)))
+            out.flush()
+            del pending[:whole]
+            written = now
+    out.write(b"".join(_audio_frames(pending, request_id))
+              + protocol.encode_frame(protocol.END, id=request_id, samples=samples))
+    out.flush()
     logger.debug("request %s: %d segments, %d samples in %.3f s", request_id,
                  len(request.segments), samples, time.monotonic() - started)
 

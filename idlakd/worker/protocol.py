@@ -32,7 +32,9 @@ Messages, worker -> parent (worker's protocol fd, its original stdout):
   ``engine`` (str).
 - Per request, in order: ``start`` (``id``, ``sample_rate``), zero or more
   ``audio`` (``id``; payload = mono signed 16-bit little-endian PCM, at most
-  ``MAX_AUDIO_PAYLOAD`` bytes per frame, sent as soon as the engine yields it)
+  ``MAX_AUDIO_PAYLOAD`` bytes per frame; a request's first audio is sent as soon as the
+  engine yields it, later audio in full frames or once held back for 50 ms, and the
+  rest just before ``end``)
   and, when the request asked for events, ``event`` frames (``id``, ``kind``
   "text" | "mark" | "word", ``segment`` (its index), ``sample`` (offset in
   the request's audio); a word adds ``start`` and ``length``, characters in
