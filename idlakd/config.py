@@ -137,6 +137,11 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "Most requests waiting for synthesis before 503; at most max_concurrent_syntheses "
             "+ max_queue speech streams are open at once."),
     Setting("worker_idle_seconds", "int", "600", "An idle worker is stopped after this many seconds."),
+    Setting("prewarm_workers", "bool", "true",
+            "At start (and when a voice is added or changed) start one worker per voice in the "
+            "background, at most two at a time, so a voice's first request finds one running. The "
+            "socket, /healthz and the API answer at once; only /readyz waits for the start-up "
+            "round. 'false': workers start with the first request."),
     Setting("synthesis_timeout_seconds", "float", "60",
             "A worker silent this long on one chunk is killed and the request fails."),
     Setting("stream_idle_seconds", "float", "20",
@@ -148,6 +153,11 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("ffmpeg", "path", "",
             "ffmpeg binary (every format but wav and pcm at the voice's rate, and prosody). Empty: "
             "the one from the imageio-ffmpeg wheel."),
+    Setting("ffmpeg_spares", "int", "2",
+            "Most ffmpeg processes started ahead and kept waiting, one per recently used encoding "
+            "(format, rates, prosody), so a request's first byte does not wait for ffmpeg to "
+            "start; a spare has had no input, serves one request only, and stops after 120 s "
+            "unused. 0: none."),
     Setting("idlak_root", "path", "",
             "Idlak checkout (its src/ holds pyIdlak) for voices with engine 'tangle'."),
     Setting("voice_roots", "str", "",
@@ -289,10 +299,12 @@ class Config:
     max_concurrent_syntheses: int
     max_queue: int
     worker_idle_seconds: int
+    prewarm_workers: bool
     synthesis_timeout_seconds: float
     stream_idle_seconds: float
     max_buffer_delay_ms: int
     ffmpeg: Path | None
+    ffmpeg_spares: int
     idlak_root: Path | None
     voice_roots: str
     cache_max_bytes: int
@@ -378,6 +390,8 @@ def load_config(
                  "job_max_text_length", "max_buffer_delay_ms"):
         if values[name] < 1:
             raise ConfigError(f"setting '{name}': {raw[name]!r} must be at least 1")
+    if not 0 <= values["ffmpeg_spares"] <= 16:
+        raise ConfigError(f"setting 'ffmpeg_spares': {raw['ffmpeg_spares']!r} must be 0 to 16")
     if not 4 <= values["bcrypt_rounds"] <= 31:
         raise ConfigError(f"setting 'bcrypt_rounds': {raw['bcrypt_rounds']!r} must be 4 to 31")
     for name in ("max_audio_seconds", "header_timeout_seconds", "body_timeout_seconds",

@@ -44,6 +44,9 @@ def test_precedence_file_env_override(tmp_path: Path) -> None:
     ("token_expiration_minutes", "0", "'token_expiration_minutes'"),
     ("synthesis_timeout_seconds", "-1", "'synthesis_timeout_seconds'"),
     ("bcrypt_rounds", "2", "'bcrypt_rounds'"),
+    ("ffmpeg_spares", "-1", "'ffmpeg_spares'"),
+    ("ffmpeg_spares", "17", "'ffmpeg_spares'.*0 to 16"),
+    ("prewarm_workers", "sometimes", "'prewarm_workers'"),
     ("change_check_seconds", "0.01", "'change_check_seconds'.*at least 0.1"),
     ("job_claim_timeout_seconds", "0.5", "'job_claim_timeout_seconds'.*at least 1"),
 ])

@@ -196,9 +196,11 @@ class FaultDaemon:
         ]
         config = tmp / "voiceconfig.json"
         config.write_text(json.dumps(entries))
+        # No spare ffmpegs: these tests count the ffmpegs working for streams (one per
+        # encoded stream, none once settled); spares are tests/test_spares.py's.
         self.daemon = start_daemon(tmp, voice_config=str(config), idlak_root=str(STANDIN_ROOT),
                                    synthesis_timeout_seconds="1.5", workers_per_voice="1",
-                                   shutdown_grace_seconds="5")
+                                   shutdown_grace_seconds="5", ffmpeg_spares="0")
         self.pools = 4  # voices that may keep one idle worker each
 
     async def token(self, session: aiohttp.ClientSession) -> str:

@@ -19,7 +19,7 @@ from idlakd.synth.transcode import ffmpeg_executable
 from idlakd.web.app import create_app
 from tests.helpers.app import ClientFactory, assert_error, make_config
 from tests.helpers.audio import Decoded, decode, opus_input_rate
-from tests.helpers.processes import child_pids, wait_gone
+from tests.helpers.processes import ffmpeg_children, wait_gone
 from tests.helpers.synth import STANDIN_ROOT, make_standin_voice
 
 TEXT = "The quick brown fox jumps over the lazy dog. Then it sleeps."
@@ -77,20 +77,6 @@ async def decoded(ffmpeg: str, audio_format: str, body: bytes, rate: int) -> Dec
     if audio_format in RAW_INPUT:
         return await decode(ffmpeg, body, [*RAW_INPUT[audio_format], "-ar", str(rate)])
     return await decode(ffmpeg, body)
-
-
-def ffmpeg_children() -> set[int]:
-    """This test process's ffmpeg children."""
-    found = set()
-    for pid in child_pids():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                program = fh.read().split(b"\0")[0]
-        except OSError:
-            continue
-        if b"ffmpeg" in Path(program.decode(errors="replace")).name.encode():
-            found.add(pid)
-    return found
 
 
 def served_rate(audio_format: str, body: bytes, found: Decoded) -> int:
@@ -244,16 +230,22 @@ async def test_a_request_cancelled_before_its_audio_leaves_no_ffmpeg(tmp_path: P
     await synthesizer.start()
     try:
         task = asyncio.create_task(synthesizer.synthesise(voice, "One sentence.", "opus"))
-        for _ in range(100):  # the worker is at its sentence, and the early ffmpeg runs
-            if ffmpeg_children() and synthesizer.stats().transcoders:
+        # The worker is at its sentence, the early ffmpeg runs, and (ffmpeg_spares) the
+        # spare for the next opus request starts: the synthesizer's, not the request's.
+        for _ in range(100):
+            if synthesizer.stats().transcoders and synthesizer.spare_pids():
                 break
             await asyncio.sleep(0.02)
-        early = ffmpeg_children()
-        assert len(early) == 1 and synthesizer.stats().transcoders == 1
+        spares = set(synthesizer.spare_pids())
+        early = ffmpeg_children() - spares
+        assert len(early) == 1 and len(spares) == 1 and synthesizer.stats().transcoders == 1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert await wait_gone(early) == set()
-        assert synthesizer.stats().transcoders == 0
+        # The spare stays for the next request, working for nobody, until close.
+        assert synthesizer.stats().transcoders == 0 and set(synthesizer.spare_pids()) == spares
+        assert ffmpeg_children() == spares
     finally:
         await synthesizer.close()
+    assert await wait_gone(spares) == set() and ffmpeg_children() == set()

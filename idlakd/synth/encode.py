@@ -16,6 +16,7 @@ from idlakd.synth.filters import prosody_filters
 from idlakd.synth.formats import AudioFormat
 from idlakd.synth.options import SpeechOptions
 from idlakd.synth.pipeline import PIECE_BYTES, Flow, PcmPieces, next_pcm
+from idlakd.synth.spares import Spares
 from idlakd.synth.spool import Spool
 from idlakd.synth.tasks import BackgroundTasks, cancel_and_wait
 from idlakd.synth.transcode import TranscodeError, Transcoder, ffmpeg_executable
@@ -74,19 +75,42 @@ class Encoder:
         self._background = background
         self._transcoders: set[Transcoder] = set()
         self._ffmpeg: str | None = None
+        # ffmpeg's start (15-25 ms) is longer than an eSpeak sentence: the next request
+        # of an encoding finds one started already.
+        self._spares: Spares[Encoding] = Spares(config.ffmpeg_spares, self._spawn, background)
 
     @property
     def pids(self) -> list[int]:
-        """Process ids of the running ffmpegs."""
+        """Process ids of the ffmpegs working for streams (spares not included)."""
         return [t.pid for t in self._transcoders]
 
+    @property
+    def spare_pids(self) -> list[int]:
+        """Process ids of the spare ffmpegs waiting for a stream."""
+        return self._spares.pids
+
     async def close(self) -> None:
-        """Stop every ffmpeg still running."""
+        """Stop every ffmpeg still running, spares included."""
+        await self._spares.close()
         await asyncio.gather(*(t.aclose() for t in list(self._transcoders)),
                              return_exceptions=True)
 
+    async def reap_spares(self) -> int:
+        """Stop spares unused for a while; how many."""
+        return await self._spares.reap()
+
     async def start_transcoder(self, encoding: Encoding) -> Transcoder:
-        """Start ffmpeg for one stream and track it; TranscodeError if it cannot start."""
+        """An ffmpeg for one stream (a spare if one waits), tracked; TranscodeError if none starts."""
+        transcoder = await self._spares.take(encoding)
+        if transcoder is None:
+            transcoder = await self._spawn(encoding)
+        # The next stream of this encoding (often a moment away) finds one waiting.
+        self._spares.refill(encoding)
+        self._transcoders.add(transcoder)
+        return transcoder
+
+    async def _spawn(self, encoding: Encoding) -> Transcoder:
+        """Start an ffmpeg for encoding (not tracked); TranscodeError if it cannot start."""
         try:
             if self._ffmpeg is None:
                 # imageio_ffmpeg imports and looks at the disk: once, off the loop.
@@ -96,7 +120,6 @@ class Encoder:
                 self._config.synthesis_timeout_seconds, encoding.output_rate, encoding.filters)
         except OSError as exc:
             raise TranscodeError(f"ffmpeg could not start: {exc}") from None
-        self._transcoders.add(transcoder)
         return transcoder
 
     def prestart(self, encoding: Encoding) -> "Prestarted":

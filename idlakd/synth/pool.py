@@ -232,6 +232,26 @@ class VoicePool:
             else:
                 await asyncio.shield(self._discard(worker))
 
+    async def warm(self) -> bool:
+        """Start one worker ahead of any request (pre-warm), unless one runs; whether one is idle now.
+
+        Raises WorkerFailed if it cannot start.
+        """
+        if self._workers or self.retired:
+            return bool(self._idle)
+        # A place of the pool, like a chunk: with workers_per_voice=1 the first request
+        # waits for this worker instead of starting a second.
+        async with self._capacity:
+            if self._workers or self.retired:
+                return bool(self._idle)
+            worker, _fresh = await self._checkout(spawn=True)
+            if self.retired:
+                await asyncio.shield(self._discard(worker, IDLE_STOP_GRACE))
+                return False
+            self._workers.add(worker)
+            self._idle.append(worker)
+            return True
+
     def reap_idle(self, now: float) -> int:
         """Stop workers idle for worker_idle_seconds; returns how many."""
         limit = self._config.worker_idle_seconds

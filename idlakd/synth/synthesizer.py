@@ -26,6 +26,7 @@ from idlakd.synth.marks import MarkTrack
 from idlakd.synth.options import SpeechOptions
 from idlakd.synth.pipeline import AudioTooLong, ChunkFeed, Flow, ordered_pcm
 from idlakd.synth.pool import VoicePool
+from idlakd.synth.prewarm import Prewarmer, spawns_at_once
 from idlakd.synth.stats import CacheStats, SynthStats
 from idlakd.synth.stream import AudioStream, PcmMeter
 from idlakd.synth.tasks import BackgroundTasks, cancel_and_wait
@@ -62,6 +63,9 @@ class Synthesizer:
         self._encoder = Encoder(config, self._background)
         self._cache = AudioCache(config.cache_dir, config.cache_max_bytes)
         self._reaper: asyncio.Task[None] | None = None
+        self._prewarmer = Prewarmer(spawns_at_once())
+        # The start-up pre-warm, which check() (readiness) waits for.
+        self._warming: asyncio.Task[None] | None = None
         self._accepting = True
         self._check: asyncio.Task[bool] | None = None
         self._checked: tuple[bool, float] | None = None
@@ -83,6 +87,7 @@ class Synthesizer:
     async def close(self) -> None:
         """Stop every worker and every ffmpeg, and wait until all are reaped."""
         self._accepting = False
+        await self._prewarmer.close()
         for task in (self._reaper, self._check):
             if task is not None:
                 await cancel_and_wait(task)
@@ -105,11 +110,27 @@ class Synthesizer:
                 now = loop.time()
                 for pool in list(self._pools.values()):
                     pool.reap_idle(now)
+                await self._encoder.reap_spares()
                 self._retired = {pool for pool in self._retired if not pool.unused}
             except Exception:  # noqa: BLE001 - the reaper must outlive a bug in one round
                 log.exception("Reaping idle workers failed; trying again in %g s", interval)
 
     # -- pools -----------------------------------------------------------
+
+    def prewarm(self, voices: Sequence[Voice], startup: bool = False) -> None:
+        """With prewarm_workers, start one worker for each voice new or changed since last seen,
+        in the background (a few at a time); startup marks the round readiness waits for."""
+        if not self._config.prewarm_workers or not self._accepting:
+            return
+        # A voice already seen keeps its pool (even with its workers reaped when idle):
+        # only a voice added, or changed (its old pool retired), is warmed again.
+        fresh = [voice for voice in voices
+                 if (pool := self._pools.get(voice.id)) is None or pool.version != voice.version]
+        if not fresh:
+            return
+        task = self._prewarmer.warm([self._pool_for(voice) for voice in fresh])
+        if startup:
+            self._warming = task
 
     def _pool_for(self, voice: Voice) -> VoicePool:
         """The pool of this voice at its current version; an older version's pool is retired."""
@@ -139,12 +160,16 @@ class Synthesizer:
                 self.retire(voice_id)
 
     def worker_pids(self) -> list[int]:
-        """Process ids of every worker and ffmpeg this synthesizer runs."""
+        """Process ids of every worker and ffmpeg this synthesizer runs (spare ffmpegs included)."""
         pids = [pid for pool in [*self._pools.values(), *self._retired] for pid in pool.worker_pids]
-        return pids + self._encoder.pids
+        return pids + self._encoder.pids + self._encoder.spare_pids
+
+    def spare_pids(self) -> list[int]:
+        """Process ids of the spare ffmpegs: started ahead, no input yet, working for nobody."""
+        return self._encoder.spare_pids
 
     def busy_pids(self) -> list[int]:
-        """Process ids of workers mid-chunk and of running ffmpegs."""
+        """Process ids of workers mid-chunk and of ffmpegs working for a stream (not spares)."""
         pids = [pid for pool in [*self._pools.values(), *self._retired] for pid in pool.busy_pids]
         return pids + self._encoder.pids
 
@@ -171,11 +196,19 @@ class Synthesizer:
     async def check(self, voices: Sequence[Voice]) -> None:
         """Raise Failed unless synthesis works: a worker runs, or one just spoke a word.
 
+        While the start-up pre-warm runs, it waits for it first (readiness means warm).
+
         The word goes through synthesise() like any request (the limiter
         included), and its worker stays warm for the next one. A verdict is
         trusted for a while; a caller that gives up (a timeout) leaves a slow
         first load running for the next call.
         """
+        if self._warming is not None:
+            # Ready once the start-up pre-warm is over: the first request then finds its
+            # voice's worker running. A failed pre-warm falls through to speaking a word.
+            # (asyncio.wait: a caller that gives up leaves it running, and it raises nothing.)
+            await asyncio.wait([self._warming])
+            self._warming = None
         if any(pool.worker_count for pool in self._pools.values()):
             return
         if not voices:

@@ -102,6 +102,11 @@ class Transcoder:
         """The ffmpeg process id."""
         return self._process.pid
 
+    @property
+    def running(self) -> bool:
+        """Whether ffmpeg has not exited (as far as the loop has seen)."""
+        return self._process.returncode is None
+
     async def _collect_stderr(self) -> None:
         """Keep ffmpeg's (short, -loglevel error) stderr for the error message."""
         assert self._process.stderr is not None

@@ -81,15 +81,18 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def retire_stale_pools(app: web.Application) -> None:
-    """Stop the workers of voices removed or changed in the database (e.g. by the CLI)."""
+    """Stop the workers of voices removed or changed in the store (e.g. by the CLI); warm new ones."""
     voices = await app[store_key].list_voices()
     app[synth_key].sync_voices({v.id: v.version for v in voices})
+    app[synth_key].prewarm(voices)  # a voice added or changed gets its worker now
 
 
 async def synth_ctx(app: web.Application) -> AsyncIterator[None]:
     """Start the synthesizer after storage; stop every worker before storage closes."""
     service = app[synth_key]
     await service.start()
+    # In the background: the socket and /healthz answer at once; /readyz waits for it.
+    service.prewarm(await app[store_key].list_voices(), startup=True)
     try:
         yield
     finally:

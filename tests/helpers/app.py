@@ -20,14 +20,17 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 def make_config(tmp_path: Path, **overrides: str) -> Config:
-    """A config on tmp_path with fast bcrypt and the repository's voiceconfig.json (and the
-    suite's PostgreSQL database of its state directory with --store=postgresql)."""
+    """A config on tmp_path with fast bcrypt, no pre-warm and the repository's voiceconfig.json
+    (and the suite's PostgreSQL database of its state directory with --store=postgresql)."""
     values = {
         "state_dir": str(tmp_path / "state"),
         "voice_config": str(REPO / "voiceconfig.json"),
         "bcrypt_rounds": "4",
         "worker_idle_seconds": "30",
         "synthesis_timeout_seconds": "20",
+        # Off unless a test asks (tests/test_prewarm.py): tests count the workers their
+        # requests start, and the suite would otherwise start 7 workers per app it opens.
+        "prewarm_workers": "false",
     }
     values.update(overrides)
     if "database" not in overrides:

@@ -136,9 +136,11 @@ def start_daemon(tmp_path: Path, env: dict[str, str] | None = None, new_session:
     """
     port = int(settings.pop("port", "0")) or free_port()
     # No draining by default: a test that stops a daemon with SIGTERM need not wait for it.
+    # No pre-warm unless asked: tests count the workers (children) their requests start.
     values = {"state_dir": str(tmp_path / "state"), "bcrypt_rounds": "4",
               "voice_config": str(write_voice_config(tmp_path / "voices")),
-              "workers_per_voice": "1", "shutdown_grace_seconds": "20", "drain_seconds": "0"}
+              "workers_per_voice": "1", "shutdown_grace_seconds": "20", "drain_seconds": "0",
+              "prewarm_workers": "false"}
     values.update(settings)
     if "database" not in settings:
         url = suite_database(Path(values["state_dir"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 
 def child_pids() -> set[int]:
@@ -20,6 +21,20 @@ def child_pids() -> set[int]:
             continue
         if int(fields[1]) == me:
             found.add(int(entry))
+    return found
+
+
+def ffmpeg_children() -> set[int]:
+    """This test process's ffmpeg children (streams' and spares')."""
+    found = set()
+    for pid in child_pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                program = fh.read().split(b"\0")[0]
+        except OSError:
+            continue
+        if b"ffmpeg" in Path(program.decode(errors="replace")).name.encode():
+            found.add(pid)
     return found
 
 
