@@ -24,6 +24,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -37,6 +38,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_speech import (SAMPLE_RATE, VOICE_ID, VOICE_OPTIONS, make_standin_voice,  # noqa: E402
                           run_header, server, text_of)
+from load import children, cpu_seconds  # noqa: E402
 
 # Authorization is off, so every client is the one anonymous user: its per-user quotas (8 at
 # once, 100,000 characters a minute) would answer 429 to half the clients. Everything else
@@ -116,19 +118,34 @@ def engine_alone(processes: int, seconds: float, text: str) -> float:
     return sum(results) / wall
 
 
-async def load(base: str, clients: int, seconds: float, text: str, script: Path) -> dict[str, Any]:
-    """wrk against /speech: audio seconds per wall second, and the counts of answers."""
+def _children_cpu() -> float:
+    """CPU seconds of this process's reaped children (wrk, once it has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def load(base: str, pid: int, clients: int, seconds: float, text: str,
+               script: Path) -> dict[str, Any]:
+    """wrk against /speech: audio seconds per wall second, the counts of answers, and where the
+    CPU went (cores used by the daemon, by its workers and by wrk)."""
     body = json.dumps({"voice_id": VOICE_ID, "text": text, "audio_format": "wav"})
+    daemon_before = cpu_seconds(pid)
+    workers_before = {child: cpu_seconds(child) for child in children(pid)}
+    wrk_before = _children_cpu()
     proc = await asyncio.create_subprocess_exec(
         "wrk", "-t", "2", "-c", str(clients), "-d", f"{seconds:g}s", "--latency", "-s",
         str(script), f"{base}/speech", "--", body,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await proc.communicate()
+    workers = sum(cpu_seconds(child) - workers_before.get(child, 0.0) for child in children(pid))
+    cores = {"daemon": (cpu_seconds(pid) - daemon_before) / seconds,
+             "workers": workers / seconds, "wrk": (_children_cpu() - wrk_before) / seconds}
     lines = [line for line in out.decode().splitlines() if line.startswith("RESULT ")]
     if not lines:
         raise RuntimeError(f"wrk printed no result:\n{out.decode()}")
     result: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
     result["rate"] = result["bytes"] / 2 / SAMPLE_RATE / seconds
+    result["cores"] = cores
     return result
 
 
@@ -157,14 +174,16 @@ async def main() -> None:
             figures["engine"].append(rate)
             print(f"engine alone, {cores} processes: {rate:7.1f} s of audio per s", flush=True)
             for name, tree in order:
-                async with server(standin_dir, tree, **NO_QUOTAS) as (base, _pid):
-                    result = await load(base, args.clients, args.seconds, text, script)
+                async with server(standin_dir, tree, **NO_QUOTAS) as (base, pid):
+                    result = await load(base, pid, args.clients, args.seconds, text, script)
                 figures[name].append(result["rate"])
                 print(f"{name:6s} server, {args.clients} clients: {result['rate']:7.1f} s of audio "
                       f"per s ({result['rate'] / rate:4.2f} x engine), {result['ok']} x 200, "
                       f"{result['busy']} x 503, {result['other']} other, "
                       f"{result['socket_errors']} socket errors, p50 {result['p50_ms']} ms, "
-                      f"p99 {result['p99_ms']} ms", flush=True)
+                      f"p99 {result['p99_ms']} ms; cores used: daemon "
+                      f"{result['cores']['daemon']:.2f}, workers {result['cores']['workers']:.2f}, "
+                      f"wrk {result['cores']['wrk']:.2f}", flush=True)
         rate = await asyncio.to_thread(engine_alone, cores, args.seconds, text)
         figures["engine"].append(rate)
         print(f"engine alone, {cores} processes: {rate:7.1f} s of audio per s", flush=True)
