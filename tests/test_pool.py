@@ -158,6 +158,20 @@ async def test_worker_stderr_is_logged_with_its_name(
     assert any("os.write to fd 1" in line for line in tagged), tagged
 
 
+async def test_worker_lines_cannot_carry_control_characters_into_the_log(
+        make_pool: PoolFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker's line holding an ANSI escape and a CR (here from its voice directory's name,
+    which the stand-in prints) is logged with them escaped."""
+    caplog.set_level(logging.INFO, logger="idlakd.synth.workers")
+    directory = make_standin_voice(tmp_path / "evil\x1b[2J\rforged", spk="evil")
+    pool = await make_pool(Voice("evil", "Evil", "en", "ga", "female", engine="tangle",
+                                 directory=str(directory)))
+    await pool.synthesize(chunk("Hello."))
+    tagged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[worker evil#1]")]
+    assert any("evil\\x1b[2J\\x0dforged" in line for line in tagged), tagged
+    assert not any(ch in line for line in tagged for ch in "\x1b\r"), tagged
+
+
 async def test_idle_workers_are_reaped_and_retire_stops_them(
         make_pool: PoolFactory, tmp_path: Path) -> None:
     """reap_idle stops workers idle past worker_idle_seconds; retire stops the idle rest."""

@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Final
@@ -57,6 +58,14 @@ class ChunkEvent:
 #: Receives a chunk's events (asked for only when given).
 EventSink = Callable[[ChunkEvent], None]
 _EVENT_KINDS: Final = frozenset({"text", "mark", "word"})
+# Control characters but tab: in a relayed line they could colour, overwrite (CR) or clear the
+# terminal or journal view of the daemon's log (onnxruntime colours its own warnings).
+_UNPRINTABLE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def log_safe(text: str) -> str:
+    """text with its control characters written as \\xNN escapes."""
+    return _UNPRINTABLE.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
 class Silence:
@@ -257,7 +266,8 @@ class Worker:
                 line = await stream.read(MAX_HEADER_BYTES)
             if not line:
                 return
-            log.info("[worker %s] %s", self.name, line.decode("utf-8", "replace").rstrip())
+            log.info("[worker %s] %s", self.name,
+                     log_safe(line.decode("utf-8", "replace").rstrip("\r\n")))
 
     async def synthesize(self, chunk: Chunk, timeout: float) -> tuple[int, bytes]:
         """Synthesise one chunk: (sample_rate, PCM); EngineFailed keeps the worker, WorkerFailed does not."""
