@@ -98,3 +98,25 @@ async def test_a_voice_removed_by_another_process_is_gone_on_the_next_read(
         _, errors = await asyncio.wait_for(cli.communicate(), 60)
         assert cli.returncode == 0, errors
         assert await store.get_voice("alba") is None
+
+
+async def test_a_read_in_flight_does_not_hold_an_old_snapshot_for_the_next(tmp_path: Path) -> None:
+    """Under load a read is always between its hops of the read connection's thread: another
+    process's revocation committed meanwhile is still seen by the next read (it once stayed
+    unseen, and cached, for as long as the load lasted: an outside attack's finding)."""
+    path = tmp_path / "shared.db"
+    voices = [Voice(f"v{n}", f"V{n}", "en", "gb", "female", options={"voice": "en-gb"})
+              for n in range(5)]
+    async with store_at(path, 4) as node_a, store_at(path, 4) as node_b:
+        await node_b.upsert_voices(voices)
+        await node_b.add_user("bob", b"hash", False)
+        assert not (await node_a.token_state("jti-1", "bob")).revoked
+        async with node_a.reader.execute("SELECT id FROM voices ORDER BY id") as rows:
+            assert (await rows.fetchone())[0] == "v0"  # the other rows still to come
+            await node_b.revoke_token("jti-1", time.time() + 600)
+            await node_b.delete_user("bob")
+            assert (await node_a.token_state("jti-1", "bob")).revoked
+            assert await node_a.get_user("bob") is None
+            assert [row[0] for row in await rows.fetchall()] == ["v1", "v2", "v3", "v4"]
+        assert (await node_a.token_state("jti-1", "bob")).user is None
+

@@ -18,6 +18,7 @@ from typing import Any, Callable, Final, Sequence
 import aiosqlite
 
 from idlakd.models import Job
+from idlakd.store.reads import WholeReads
 
 #: The migration that adds the jobs tables (entry 4 of the store's MIGRATIONS).
 JOBS_MIGRATION: Final = """
@@ -97,7 +98,7 @@ class JobTables:
     """The job methods of the Store (a mixin: the Store gives _write and reader)."""
 
     # Given by the Store this mixes into: the read-only connection, a write transaction.
-    reader: aiosqlite.Connection
+    reader: WholeReads
     _write: Callable[[], AbstractAsyncContextManager[aiosqlite.Connection]]
 
     async def _exists(self, where: str, params: tuple[Any, ...]) -> bool:
@@ -128,7 +129,7 @@ class JobTables:
         return "ok"
 
     @staticmethod
-    async def _stored_bytes(db: aiosqlite.Connection, uid: str) -> int:
+    async def _stored_bytes(db: aiosqlite.Connection | WholeReads, uid: str) -> int:
         """Bytes of every part the user's jobs hold (read on db)."""
         async with db.execute(
                 "SELECT COALESCE(SUM(LENGTH(p.data)), 0) FROM job_parts p "

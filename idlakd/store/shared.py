@@ -12,6 +12,7 @@ from typing import Callable, Final, Iterable, Mapping
 
 import aiosqlite
 
+from idlakd.store.reads import WholeReads
 from idlakd.store.snapshot import ReadCache
 
 #: Failure times of one throttle key kept in memory at most; a key with more is counted by SQL.
@@ -72,7 +73,7 @@ class SharedTables:
     """Login failures and change counters (a mixin: the Store gives _write and reader)."""
 
     # Given by the Store this mixes into: the read-only connection, a write transaction.
-    reader: aiosqlite.Connection
+    reader: WholeReads
     _write: Callable[[], AbstractAsyncContextManager[aiosqlite.Connection]]
     _cache: ReadCache
 

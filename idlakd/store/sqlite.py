@@ -22,6 +22,7 @@ from idlakd.models import ApiKey, Limits, SynthesisCharge, Usage, User, Voice
 from idlakd.store.daemons import DAEMONS_MIGRATION, DaemonTables
 from idlakd.store.jobs import JOBS_MIGRATION, JobTables, delete_jobs_of
 from idlakd.store.shared import SHARED_MIGRATION, SharedTables, statements
+from idlakd.store.reads import WholeReads
 from idlakd.store.snapshot import DataVersion, ReadCache
 
 log = logging.getLogger(__name__)
@@ -234,8 +235,8 @@ async def _count(db: aiosqlite.Connection, uid: str, day: str, minute: int, char
     await db.execute("DELETE FROM usage_minutes WHERE minute < ?", (minute - 1,))
 
 
-async def _read_usage(db: aiosqlite.Connection, uid: str, day: str, minute: int,
-                      running_since: float) -> Usage:
+async def _read_usage(db: aiosqlite.Connection | WholeReads, uid: str, day: str,
+                      minute: int, running_since: float) -> Usage:
     """One user's usage, read on db (inside the caller's transaction when it holds one)."""
     async with db.execute(
         "SELECT (SELECT requests FROM usage_days WHERE uid = ?1 AND day = ?2), "
@@ -275,11 +276,12 @@ class Store(JobTables, SharedTables, DaemonTables):
         return self._db
 
     @property
-    def reader(self) -> aiosqlite.Connection:
-        """The read-only connection (WAL: reads see every committed write, never wait for one)."""
+    def reader(self) -> WholeReads:
+        """The read-only connection (WAL: reads see every committed write, never wait for one),
+        each query run to its end in one hop so that none holds an old snapshot (reads.py)."""
         if self._reader is None:
             raise StoreError("store is not open")
-        return self._reader
+        return WholeReads(self._reader)
 
     async def open(self) -> None:
         """Open (creating with owner-only permissions) and migrate the database."""
