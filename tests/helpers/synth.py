@@ -8,10 +8,14 @@ from __future__ import annotations
 import array
 import asyncio
 import dataclasses
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from idlakd.synth.document import Chunk, Text
 from idlakd.worker.protocol import Frame, encode_frame, encode_segments, read_frame
@@ -181,3 +185,33 @@ class WorkerClient:
 def chunk(text: str) -> Chunk:
     """A worker chunk of plain words."""
     return Chunk((Text(text),))
+
+
+# Run an engine in a process that has refused W+X memory, as systemd's
+# MemoryDenyWriteExecute=yes makes the unit's workers. argv: engine options_json.
+_UNDER_MDWE = r"""
+import ctypes, json, sys
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+    print("no-mdwe"); sys.exit(0)
+from idlakd.worker.engines import load_engine
+engine = load_engine(sys.argv[1], "", json.loads(sys.argv[2]), None)
+pcm = b"".join(engine.synthesize("Hello from a write-xor-execute process."))
+engine.close()
+print("pcm", len(pcm))
+"""
+
+
+def pcm_bytes_under_mdwe(engine: str, options: dict[str, Any]) -> int:
+    """PCM bytes an engine made for one sentence under MemoryDenyWriteExecute (skips the test
+    on kernels without PR_SET_MDWE, Linux < 6.3)."""
+    proc = subprocess.run([sys.executable, "-c", _UNDER_MDWE, engine, json.dumps(options)],
+                          check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
+    if proc.stdout.strip() == "no-mdwe":
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
+    assert proc.returncode == 0, proc.stderr
+    words = proc.stdout.split()
+    assert words[0] == "pcm", proc.stdout
+    return int(words[1])
+
